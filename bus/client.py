@@ -1,0 +1,309 @@
+"""Connecting, stream and consumer setup, and publishing events.
+
+Setup is idempotent: running it twice changes nothing, and an existing stream or consumer whose
+configuration conflicts with what the swarm needs is an error that names the difference, never a
+silent change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+from nats.js.errors import NotFoundError
+
+from bus import subjects
+from bus.errors import PublishError, StreamConfigConflict
+from bus.events import Event, encode
+
+log = logging.getLogger("swarm.bus")
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """Where and how to connect. Credentials come from the environment or files, never from logs.
+
+    Environment: ``SWARM_NATS_URL`` (comma-separated), ``SWARM_NATS_USER``/``SWARM_NATS_PASSWORD``,
+    ``SWARM_NATS_TOKEN``, ``SWARM_NATS_CREDS`` (a .creds file), ``SWARM_NATS_CA`` (TLS CA file).
+    """
+
+    servers: tuple[str, ...] = (DEFAULT_URL,)
+    user: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    creds_file: str | None = None
+    tls_ca_file: str | None = None
+    name: str = "swarm"
+
+    @classmethod
+    def from_env(cls, servers: str | Sequence[str] | None = None, name: str = "swarm") -> BusConfig:
+        env = os.environ
+        urls = servers if servers is not None else env.get("SWARM_NATS_URL", DEFAULT_URL)
+        if isinstance(urls, str):
+            urls = [u.strip() for u in urls.split(",") if u.strip()]
+        return cls(
+            servers=tuple(urls),
+            user=env.get("SWARM_NATS_USER") or None,
+            password=env.get("SWARM_NATS_PASSWORD") or None,
+            token=env.get("SWARM_NATS_TOKEN") or None,
+            creds_file=env.get("SWARM_NATS_CREDS") or None,
+            tls_ca_file=env.get("SWARM_NATS_CA") or None,
+            name=name,
+        )
+
+
+async def connect(
+    config: BusConfig | str | Sequence[str] | None = None,
+    *,
+    name: str | None = None,
+    connect_timeout: float = 5.0,
+    max_reconnect_attempts: int = -1,
+    reconnect_time_wait: float = 0.5,
+) -> NATS:
+    """Connect to NATS with reconnects forever (with nats-py's jittered wait) and logged state changes.
+
+    ``config`` may be a :class:`BusConfig`, a URL, or a list of URLs (other settings from the environment).
+    """
+    if config is None or isinstance(config, str | list | tuple):
+        config = BusConfig.from_env(config)
+    assert isinstance(config, BusConfig)
+    label = name or config.name
+
+    async def on_error(e: Exception) -> None:
+        log.warning("nats %s: %s", label, e)
+
+    async def on_disconnected() -> None:
+        log.info("nats %s: disconnected", label)
+
+    async def on_reconnected() -> None:
+        log.info("nats %s: reconnected", label)
+
+    opts: dict[str, Any] = dict(
+        servers=list(config.servers),
+        name=label,
+        connect_timeout=connect_timeout,
+        allow_reconnect=True,
+        max_reconnect_attempts=max_reconnect_attempts,
+        reconnect_time_wait=reconnect_time_wait,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+        pending_size=8 * 1024 * 1024,
+    )
+    if config.user:
+        opts["user"], opts["password"] = config.user, config.password
+    if config.token:
+        opts["token"] = config.token
+    if config.creds_file:
+        opts["user_credentials"] = config.creds_file
+    if config.tls_ca_file:
+        import ssl
+
+        opts["tls"] = ssl.create_default_context(cafile=config.tls_ca_file)
+    return await nats.connect(**opts)
+
+
+# --------------------------------------------------------------------------------------------------
+# stream and consumers
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What the swarm needs of the events stream. ``replicas`` is 3 on a 3-server cluster."""
+
+    replicas: int = 1
+    duplicate_window: float = 120.0
+    max_msg_size: int = 1 << 20
+
+    def config(self) -> jsapi.StreamConfig:
+        return jsapi.StreamConfig(
+            name=subjects.STREAM,
+            subjects=list(subjects.STREAM_SUBJECTS),
+            retention=jsapi.RetentionPolicy.LIMITS,
+            storage=jsapi.StorageType.FILE,
+            num_replicas=self.replicas,
+            duplicate_window=self.duplicate_window,
+            max_msg_size=self.max_msg_size,
+            discard=jsapi.DiscardPolicy.OLD,
+        )
+
+
+def _diff(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
+    return [f"{k}: have {have.get(k)!r}, need {v!r}" for k, v in want.items() if have.get(k) != v]
+
+
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec | None = None) -> jsapi.StreamInfo:
+    """Create the events stream, or check that the existing one matches. Idempotent."""
+    spec = spec or StreamSpec()
+    want = spec.config()
+    try:
+        info = await js.stream_info(subjects.STREAM)
+    except NotFoundError:
+        return await js.add_stream(want)
+    have = info.config
+    problems = _diff(
+        {
+            "subjects": sorted(want.subjects or []),
+            "retention": want.retention,
+            "storage": want.storage,
+            "num_replicas": want.num_replicas,
+            "max_msg_size": want.max_msg_size,
+        },
+        {
+            "subjects": sorted(have.subjects or []),
+            "retention": have.retention,
+            "storage": have.storage,
+            "num_replicas": have.num_replicas,
+            "max_msg_size": have.max_msg_size,
+        },
+    )
+    if (have.duplicate_window or 0) < spec.duplicate_window:
+        problems.append(f"duplicate_window: have {have.duplicate_window}, need >= {spec.duplicate_window}")
+    if problems:
+        raise StreamConfigConflict(
+            f"stream {subjects.STREAM} exists with a conflicting config ({'; '.join(problems)}). "
+            f"Nothing was changed. Fix or delete the stream (nats stream rm {subjects.STREAM}) or point "
+            "the swarm at another server."
+        )
+    return info
+
+
+async def ensure_consumer(js: JetStreamContext, config: jsapi.ConsumerConfig) -> jsapi.ConsumerInfo:
+    """Create a durable consumer, or check that the existing one matches. Idempotent."""
+    assert config.durable_name
+    try:
+        info = await js.consumer_info(subjects.STREAM, config.durable_name)
+    except NotFoundError:
+        return await js.add_consumer(subjects.STREAM, config)
+    have = info.config
+    keys = ("filter_subject", "ack_policy", "deliver_policy", "ack_wait", "max_deliver", "max_ack_pending")
+    want_d = {k: getattr(config, k) for k in keys if getattr(config, k) is not None}
+    have_d = {k: getattr(have, k) for k in keys}
+    if want_d.get("filter_subject") is None and have.filter_subjects:
+        have_d["filter_subject"] = have.filter_subjects
+    problems = _diff(want_d, have_d)
+    if problems:
+        raise StreamConfigConflict(
+            f"consumer {config.durable_name} on {subjects.STREAM} exists with a conflicting config "
+            f"({'; '.join(problems)}). Nothing was changed; delete it (nats consumer rm {subjects.STREAM} "
+            f"{config.durable_name}) to recreate it."
+        )
+    return info
+
+
+def work_consumer_config(
+    run: str, hw_class: str, *, ack_wait: float = 120.0, max_deliver: int = 5
+) -> jsapi.ConsumerConfig:
+    """The shared durable pull consumer of one run's work subject for one hardware class.
+
+    Runners renew their lease with ``in_progress()`` about every ``ack_wait / 3``; after ``max_deliver``
+    deliveries an item goes to the dead-letter path (ExperimentFinished status=lost).
+    """
+    return jsapi.ConsumerConfig(
+        durable_name=subjects.work_consumer(run, hw_class),
+        filter_subject=subjects.work(run, hw_class),
+        deliver_policy=jsapi.DeliverPolicy.ALL,
+        ack_policy=jsapi.AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=max_deliver,
+        max_ack_pending=10_000,
+    )
+
+
+def ledger_consumer_config(name: str = subjects.LEDGER_CONSUMER) -> jsapi.ConsumerConfig:
+    """The projector's durable consumer: every event of every run, in stream order."""
+    return jsapi.ConsumerConfig(
+        durable_name=name,
+        deliver_policy=jsapi.DeliverPolicy.ALL,
+        ack_policy=jsapi.AckPolicy.EXPLICIT,
+        ack_wait=60.0,
+        max_deliver=-1,
+        max_ack_pending=50_000,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# publishing
+
+
+def _check_ack(ack: jsapi.PubAck, event: Event) -> jsapi.PubAck:
+    if ack.stream != subjects.STREAM:
+        raise PublishError(
+            f"{type(event).__name__} {event.event_id} stored in {ack.stream!r}, not {subjects.STREAM}"
+        )
+    return ack
+
+
+async def publish(
+    js: JetStreamContext, event: Event, *, timeout: float = 5.0, retries: int = 3
+) -> jsapi.PubAck:
+    """Publish one event and wait for JetStream's ack, retrying on timeouts.
+
+    ``Nats-Msg-Id = event_id``, so a retry of a publish that did land is dropped by the server
+    (the ack then says ``duplicate=True``).
+    """
+    data = encode(event)
+    subject = subjects.event_subject(event)
+    headers = {"Nats-Msg-Id": event.event_id}
+    for attempt in range(retries + 1):
+        try:
+            ack = await js.publish(
+                subject, data, timeout=timeout, stream=subjects.STREAM, headers=dict(headers)
+            )
+            return _check_ack(ack, event)
+        except (TimeoutError, nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as e:
+            if attempt == retries:
+                raise PublishError(
+                    f"{type(event).__name__} {event.event_id} on {subject}: no ack after {retries + 1} tries ({e!r}); "
+                    "is the server up and the stream created (swarm ledger / ensure_stream)?"
+                ) from e
+            await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
+async def publish_many(
+    js: JetStreamContext, events: Iterable[Event], *, window: int = 2000, timeout: float = 10.0
+) -> list[jsapi.PubAck]:
+    """Bulk publish with ``publish_async``: up to ``window`` un-acked publishes in flight.
+
+    Every ack is checked; publishes that were not acked are retried one by one with :func:`publish`
+    (safe: the msg id makes a duplicate a no-op). Returns the acks in the order of ``events``.
+    """
+    events = list(events)
+    acks: list[jsapi.PubAck | None] = [None] * len(events)
+    for start in range(0, len(events), window):
+        chunk = events[start : start + window]
+        futures = []
+        for ev in chunk:
+            fut = await js.publish_async(
+                subjects.event_subject(ev),
+                encode(ev),
+                stream=subjects.STREAM,
+                headers={"Nats-Msg-Id": ev.event_id},
+            )
+            futures.append(fut)
+        done, _ = await asyncio.wait(futures, timeout=timeout)
+        for i, (ev, fut) in enumerate(zip(chunk, futures, strict=True)):
+            if fut in done and fut.exception() is None:
+                acks[start + i] = _check_ack(fut.result(), ev)
+            else:
+                if not fut.done():
+                    fut.cancel()
+                acks[start + i] = await publish(js, ev, timeout=timeout)
+    return [a for a in acks if a is not None]
+
+
+async def setup(js: JetStreamContext, spec: StreamSpec | None = None) -> None:
+    """Everything a fresh server needs: the events stream and the ledger's consumer."""
+    await ensure_stream(js, spec)
+    await ensure_consumer(js, ledger_consumer_config())

@@ -1,0 +1,546 @@
+"""Every message on the swarm's bus: events (the ledger's truth) and the ledger's read API.
+
+One module, one tagged union per family, msgpack on the wire. Rules (see DESIGN.md, "Event sourcing"):
+
+* every event carries the envelope ``event_id`` (UUIDv7: unique and time-ordered), ``ts``, ``run``,
+  ``source`` and ``schema_version``;
+* new fields get defaults, existing field types never change; a breaking change bumps the event's
+  ``SCHEMA_VERSIONS`` entry and registers an upcaster with :func:`upcaster`;
+* input comes from other processes (agents, runners, people), so every struct forbids unknown fields.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal, TypeAlias
+
+import msgspec
+
+# --------------------------------------------------------------------------------------------------
+# identifiers
+
+_uuid7_lock = threading.Lock()
+_uuid7_last = [0, 0]  # [unix ms, 12-bit sequence]: keeps ids strictly increasing within a process
+
+
+def new_event_id() -> str:
+    """A UUIDv7 string (RFC 9562): 48-bit unix-ms timestamp, then a per-ms sequence, then random bits.
+
+    Ids made by one process are strictly increasing, so sorting by id sorts by creation time.
+    """
+    with _uuid7_lock:
+        ms = time.time_ns() // 1_000_000
+        last_ms, seq = _uuid7_last
+        if ms <= last_ms:
+            ms, seq = last_ms, seq + 1
+            if seq > 0xFFF:  # more than 4096 ids in one ms: borrow the next ms
+                ms, seq = ms + 1, 0
+        else:
+            seq = int.from_bytes(os.urandom(2), "big") & 0x3FF  # random start, room to count up
+        _uuid7_last[0], _uuid7_last[1] = ms, seq
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))
+
+
+def event_id_time(event_id: str) -> float:
+    """Unix seconds encoded in a UUIDv7 event id."""
+    return (uuid.UUID(event_id).int >> 80) / 1000.0
+
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_token(kind: str, value: str) -> str:
+    """Validate a name that becomes one NATS subject token (run, hardware class, agent, runner id)."""
+    if not _TOKEN.match(value):
+        raise ValueError(
+            f"invalid {kind} {value!r}: use 1-64 characters from A-Z a-z 0-9 _ - (it becomes a NATS subject token)"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# shared value types
+
+Status: TypeAlias = Literal["ok", "crash", "timeout", "oom", "nan", "rejected", "lost"]
+Tier: TypeAlias = Literal["screen", "validate"]
+Decision: TypeAlias = Literal["keep", "discard"]
+BASELINE = "baseline"  # the parent of an unmodified train.py
+
+
+class Hardware(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """What a runner executes on. ``hw_class`` is the comparison key (cpu, h100, h200, a100, ...)."""
+
+    hw_class: str
+    gpu_name: str = ""
+    gpu_count: int = 0
+    gpu_memory_mb: int = 0
+    cpu_count: int = 0
+    memory_mb: int = 0
+    host: str = ""
+    torch_version: str = ""
+    cuda_version: str = ""
+
+
+class Calibration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A runner's one-off measurement of the baseline train.py (steps/s), recorded with its hardware."""
+
+    steps_per_second: float
+    tokens_per_second: float = 0.0
+    seconds: float = 0.0
+    train_py_sha256: str = ""
+
+
+# --------------------------------------------------------------------------------------------------
+# events
+
+
+class Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Envelope shared by every event."""
+
+    run: str
+    source: str
+    event_id: str = msgspec.field(default_factory=new_event_id)
+    ts: float = msgspec.field(default_factory=time.time)
+    schema_version: int = 1
+
+
+class HypothesisProposed(Event, tag=True, frozen=True):
+    """An agent (or a person) proposes a train.py. Published on the work subject of ``hw_class``: the same
+    message is the ledger's record and the work item."""
+
+    hypothesis_id: str
+    agent: str
+    train_py: str
+    train_py_sha256: str
+    model: str = ""
+    parent: str = BASELINE  # parent hypothesis_id, or "baseline"
+    diff: str = ""
+    description: str = ""
+    rationale: str = ""
+    tier: Tier = "screen"
+    hw_class: str = "any"
+    seed: int = 0
+    budget_seconds: float | None = None  # None: the runner's profile default
+    ast_sha256: str = ""  # hash of the normalised AST, for dedup of cosmetic edits
+    tags: list[str] = msgspec.field(default_factory=list)
+    knobs: dict[str, Any] = msgspec.field(default_factory=dict)  # UPPER_CASE constants of train.py
+
+
+class ExperimentClaimed(Event, tag=True, frozen=True):
+    hypothesis_id: str
+    attempt: int  # JetStream delivery count of the work item: 1, 2, ...
+    runner: str
+    hardware: Hardware
+    stream_seq: int = 0  # stream sequence of the work item
+
+
+class ExperimentFinished(Event, tag=True, frozen=True):
+    hypothesis_id: str
+    attempt: int
+    runner: str
+    status: Status
+    val_bpb: float | None = None  # the runner's own trusted evaluation, never train.py's claim
+    reported_val_bpb: float | None = None  # what train.py printed, kept for forensics
+    training_seconds: float = 0.0
+    total_seconds: float = 0.0
+    num_steps: int = 0
+    tokens: int = 0
+    num_params: int = 0
+    peak_vram_mb: float = 0.0
+    mfu: float = 0.0
+    reason: str = ""  # why it is not ok, in words
+    log_tail: str = ""
+    log_ref: str = ""  # object-store key or file path of the full log
+    hw_class: str = ""
+    train_py_sha256: str = ""
+    dataset_fingerprint: str = ""
+    tokenizer_fingerprint: str = ""
+    budget_seconds: float = 0.0
+    late: bool = False  # the runner knew its lease was lost before it published
+
+
+class HypothesisDecided(Event, tag=True, frozen=True):
+    hypothesis_id: str
+    decision: Decision
+    by: str
+    reason: str = ""
+    val_bpb: float | None = None
+    reference_val_bpb: float | None = None  # what it was compared against
+    sigma: float | None = None
+
+
+class NoteWritten(Event, tag=True, frozen=True):
+    note_id: str
+    agent: str
+    title: str
+    body: str  # markdown
+    refs: list[str] = msgspec.field(default_factory=list)  # hypothesis ids
+
+
+class AgentJoined(Event, tag=True, frozen=True):
+    agent: str
+    provider: str  # anthropic, openai, optuna, random, human
+    model: str = ""
+    strategy: str = ""
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class AgentLeft(Event, tag=True, frozen=True):
+    agent: str
+    reason: str = ""
+
+
+class RunnerJoined(Event, tag=True, frozen=True):
+    runner: str
+    hardware: Hardware
+    classes: list[str] = msgspec.field(default_factory=list)
+    executor: str = "process"
+    calibration: Calibration | None = None
+
+
+class RunnerLeft(Event, tag=True, frozen=True):
+    runner: str
+    reason: str = ""
+
+
+class LlmUsage(Event, tag=True, frozen=True):
+    """One call to a model API, successful or not."""
+
+    agent: str
+    provider: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_seconds: float = 0.0
+    ok: bool = True
+    error: str = ""
+    hypothesis_ids: list[str] = msgspec.field(default_factory=list)
+
+
+class ProposalRejected(Event, tag=True, frozen=True):
+    """A proposal an agent's model made that failed validation (does not apply, does not compile, dup...)."""
+
+    agent: str
+    reason: str
+    description: str = ""
+    excerpt: str = ""
+
+
+class ProgramChanged(Event, tag=True, frozen=True):
+    """A person changes the research direction: the new program.md, picked up at every agent's next wave."""
+
+    program_md: str
+    by: str = "human"
+
+
+AnyEvent: TypeAlias = (
+    HypothesisProposed
+    | ExperimentClaimed
+    | ExperimentFinished
+    | HypothesisDecided
+    | NoteWritten
+    | AgentJoined
+    | AgentLeft
+    | RunnerJoined
+    | RunnerLeft
+    | LlmUsage
+    | ProposalRejected
+    | ProgramChanged
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {t.__name__: t for t in AnyEvent.__args__}
+
+# Current schema version of each event type. Bump one and register an upcaster when a change is breaking.
+SCHEMA_VERSIONS: dict[str, int] = dict.fromkeys(EVENT_TYPES, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# encoding, decoding, upcasting
+
+
+class EventDecodeError(ValueError):
+    """Raised for bytes that are not a valid event of the current schema (the reason says why)."""
+
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a function turning the dict form of ``event_type`` at ``from_version`` into
+    ``from_version + 1``. Decoding chains them up to ``SCHEMA_VERSIONS[event_type]``."""
+
+    def register(fn: Upcaster) -> Upcaster:
+        _UPCASTERS[(event_type, from_version)] = fn
+        return fn
+
+    return register
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyEvent)
+_raw_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+MAX_EVENT_BYTES = 1 << 20  # 1 MiB: a train.py is ~30 KB; anything this big is a mistake or an attack
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> AnyEvent:
+    """Decode one event, upcasting an older schema_version. Raises :class:`EventDecodeError`."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise EventDecodeError(f"event of {len(data)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+    try:
+        event = _decoder.decode(data)
+    except msgspec.DecodeError as e:
+        first_error: Exception = e
+    else:
+        if event.schema_version == SCHEMA_VERSIONS[type(event).__name__]:
+            return event
+        first_error = EventDecodeError("schema_version differs from the current one")
+    return _decode_slow(data, first_error)
+
+
+def _decode_slow(data: bytes, first_error: Exception) -> AnyEvent:
+    try:
+        raw = _raw_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise EventDecodeError(f"not a msgpack map: {e}") from e
+    kind = raw.get("type")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
+        raise EventDecodeError(f"unknown event type {kind!r}; known: {', '.join(sorted(EVENT_TYPES))}")
+    version = raw.get("schema_version", 1)
+    current = SCHEMA_VERSIONS[kind]
+    if not isinstance(version, int) or version < 1:
+        raise EventDecodeError(f"{kind}: invalid schema_version {version!r}")
+    if version > current:
+        raise EventDecodeError(
+            f"{kind}: schema_version {version} is newer than this code's {current}; upgrade the reader"
+        )
+    if version == current:
+        raise EventDecodeError(f"{kind}: {first_error}") from first_error
+    while version < current:
+        step = _UPCASTERS.get((kind, version))
+        if step is None:
+            raise EventDecodeError(f"{kind}: no upcaster from schema_version {version} to {version + 1}")
+        raw = step(dict(raw))
+        version += 1
+        raw["schema_version"] = version
+    try:
+        return msgspec.convert(raw, EVENT_TYPES[kind])  # type: ignore[return-value]
+    except msgspec.ValidationError as e:
+        raise EventDecodeError(f"{kind} after upcasting to v{current}: {e}") from e
+
+
+def to_builtins(event: Event) -> dict[str, Any]:
+    """The event as plain Python values (with its ``type`` tag), e.g. for JSON or DuckDB."""
+    out: dict[str, Any] = msgspec.to_builtins(event)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the ledger's read API (request/reply over the bus; requests come from outside, so strict)
+
+
+class Request(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True, frozen=True):
+    run: str
+
+
+class BestRequest(Request, tag="best", frozen=True):
+    """Best ok val_bpb so far, per hardware class (or one class)."""
+
+    hw_class: str | None = None
+
+
+class RecentRequest(Request, tag="recent", frozen=True):
+    """Most recent finished experiments, newest first."""
+
+    limit: int = 20
+    agent: str | None = None
+    since_ts: float | None = None
+
+
+class NotesRequest(Request, tag="notes", frozen=True):
+    since_ts: float = 0.0
+    limit: int = 50
+
+
+class ExperimentRequest(Request, tag="experiment", frozen=True):
+    hypothesis_id: str
+
+
+class ContextRequest(Request, tag="context", frozen=True):
+    """Everything an agent reads before a wave, in one round trip."""
+
+    agent: str
+    recent_limit: int = 30
+    notes_since_ts: float = 0.0
+
+
+class SeenRequest(Request, tag="seen", frozen=True):
+    """Which of these train.py hashes (exact sha256 or normalised-AST sha256) were already proposed."""
+
+    sha256s: list[str] = msgspec.field(default_factory=list)
+
+
+class SqlRequest(Request, tag="sql", frozen=True):
+    """Read-only SQL for power users; results are capped at ``limit`` rows and ``timeout_seconds``."""
+
+    sql: str
+    limit: int = 1000
+    timeout_seconds: float = 5.0
+
+
+AnyRequest: TypeAlias = (
+    BestRequest | RecentRequest | NotesRequest | ExperimentRequest | ContextRequest | SeenRequest | SqlRequest
+)
+
+
+class ExperimentRow(msgspec.Struct, kw_only=True, frozen=True):
+    """One hypothesis with its first finished attempt (see ledger's ``experiments`` view)."""
+
+    hypothesis_id: str
+    agent: str
+    model: str = ""
+    parent: str = BASELINE
+    description: str = ""
+    tier: str = "screen"
+    hw_class: str = ""  # requested class
+    proposed_ts: float = 0.0
+    status: str | None = None  # None: not finished yet
+    val_bpb: float | None = None
+    finished_ts: float | None = None
+    runner: str | None = None
+    ran_on: str | None = None  # hardware class it actually ran on
+    attempt: int | None = None
+    attempts: int = 0
+    training_seconds: float | None = None
+    total_seconds: float | None = None
+    reason: str = ""
+    log_tail: str = ""
+    decision: str | None = None
+    train_py_sha256: str = ""
+    tags: list[str] = msgspec.field(default_factory=list)
+    knobs: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class BestRow(msgspec.Struct, kw_only=True, frozen=True):
+    hw_class: str
+    val_bpb: float
+    hypothesis_id: str
+    agent: str
+    description: str = ""
+    finished_ts: float = 0.0
+
+
+class NoteRow(msgspec.Struct, kw_only=True, frozen=True):
+    note_id: str
+    agent: str
+    title: str
+    body: str
+    refs: list[str]
+    ts: float
+
+
+class ClassStats(msgspec.Struct, kw_only=True, frozen=True):
+    """Baseline statistics of a hardware class: mean and σ of repeated unmodified train.py runs."""
+
+    hw_class: str
+    baseline_runs: int
+    baseline_mean: float | None
+    sigma: float | None
+    runners_online: int = 0
+
+
+class Reply(msgspec.Struct, tag_field="kind", kw_only=True, frozen=True):
+    pass
+
+
+class ErrorReply(Reply, tag="error", frozen=True):
+    error: str
+
+
+class BestReply(Reply, tag="best", frozen=True):
+    items: list[BestRow]
+
+
+class ExperimentsReply(Reply, tag="experiments", frozen=True):
+    items: list[ExperimentRow]
+
+
+class NotesReply(Reply, tag="notes", frozen=True):
+    items: list[NoteRow]
+
+
+class ExperimentReply(Reply, tag="experiment", frozen=True):
+    item: ExperimentRow | None
+    attempts: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class ContextReply(Reply, tag="context", frozen=True):
+    best: list[BestRow]
+    recent: list[ExperimentRow]
+    lineage: list[ExperimentRow]  # the agent's own kept hypotheses, oldest first
+    notes: list[NoteRow]
+    stats: list[ClassStats]
+    program_md: str | None = None  # latest ProgramChanged, if any
+    pending: int = 0  # proposed but not finished, all agents
+    runners_online: int = 0
+
+
+class SeenReply(Reply, tag="seen", frozen=True):
+    seen: list[str]
+
+
+class SqlReply(Reply, tag="sql", frozen=True):
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool = False
+
+
+AnyReply: TypeAlias = (
+    ErrorReply
+    | BestReply
+    | ExperimentsReply
+    | NotesReply
+    | ExperimentReply
+    | ContextReply
+    | SeenReply
+    | SqlReply
+)
+
+request_decoder = msgspec.msgpack.Decoder(AnyRequest)
+reply_decoder = msgspec.msgpack.Decoder(AnyReply)
+
+
+def encode_msg(msg: Request | Reply) -> bytes:
+    return _encoder.encode(msg)
+
+
+# --------------------------------------------------------------------------------------------------
+# live progress (core NATS, not in the stream: cosmetic, lossy by design)
+
+
+class Progress(msgspec.Struct, kw_only=True, frozen=True):
+    run: str
+    runner: str
+    hypothesis_id: str
+    attempt: int
+    phase: str  # preparing, training, evaluating
+    progress: float = 0.0
+    step: int = 0
+    loss: float | None = None
+    elapsed: float = 0.0
+    ts: float = msgspec.field(default_factory=time.time)
+
+
+progress_decoder = msgspec.msgpack.Decoder(Progress)

@@ -1,0 +1,66 @@
+"""Every subject, stream and consumer name of the swarm, in one place.
+
+Layout (``<run>`` and ``<class>`` are single subject tokens, see :func:`bus.events.check_token`)::
+
+    swarm.<run>.work.<class>     HypothesisProposed: ledger record and work item at once   (SWARM_EVENTS)
+    swarm.<run>.evt.<kind>       every other event                                          (SWARM_EVENTS)
+    swarm.<run>.api.<op>         the ledger's read API, request/reply                       (not stored)
+    swarm.<run>.live.progress    runner progress for live views, core NATS                  (not stored)
+"""
+
+from __future__ import annotations
+
+from bus.events import Event, HypothesisProposed, check_token
+
+STREAM = "SWARM_EVENTS"
+STREAM_SUBJECTS = ["swarm.*.work.*", "swarm.*.evt.>"]
+LEDGER_CONSUMER = "ledger"
+
+# event type -> the <kind> token of its subject
+_KINDS = {
+    "ExperimentClaimed": "claimed",
+    "ExperimentFinished": "finished",
+    "HypothesisDecided": "decided",
+    "NoteWritten": "note",
+    "AgentJoined": "agent",
+    "AgentLeft": "agent",
+    "RunnerJoined": "runner",
+    "RunnerLeft": "runner",
+    "LlmUsage": "usage",
+    "ProposalRejected": "rejected",
+    "ProgramChanged": "program",
+}
+
+
+def work(run: str, hw_class: str) -> str:
+    return f"swarm.{check_token('run', run)}.work.{check_token('hardware class', hw_class)}"
+
+
+def work_consumer(run: str, hw_class: str) -> str:
+    """Durable pull consumer shared by every runner that serves ``hw_class`` in ``run``."""
+    return f"work_{check_token('run', run)}_{check_token('hardware class', hw_class)}"
+
+
+def event_subject(event: Event) -> str:
+    """The subject an event is published on."""
+    if isinstance(event, HypothesisProposed):
+        return work(event.run, event.hw_class)
+    kind = _KINDS[type(event).__name__]
+    return f"swarm.{check_token('run', event.run)}.evt.{kind}"
+
+
+def run_events(run: str) -> list[str]:
+    """Filter subjects matching every event of one run."""
+    run = check_token("run", run)
+    return [f"swarm.{run}.work.*", f"swarm.{run}.evt.>"]
+
+
+def api(run: str, op: str) -> str:
+    return f"swarm.{check_token('run', run)}.api.{op}"
+
+
+API_ALL_RUNS = "swarm.*.api.*"
+
+
+def progress(run: str) -> str:
+    return f"swarm.{check_token('run', run)}.live.progress"
