@@ -49,7 +49,8 @@ class EmbeddedServer:
     """A nats-server child process with JetStream on ``store_dir``.
 
     ``port=None`` picks a free port (the server binds port -1 and we read the one it chose);
-    ``config`` is extra nats-server config text (authorization, cluster, tls) written to a file.
+    ``config`` is extra nats-server config text (authorization, cluster, tls) written to a file, or a path
+    of a config file to use as it is; ``env`` adds environment variables (config files may use ``$VAR``).
     """
 
     def __init__(
@@ -58,9 +59,10 @@ class EmbeddedServer:
         *,
         port: int | None = None,
         host: str = "127.0.0.1",
-        config: str = "",
+        config: str | Path = "",
         name: str | None = None,
         log_file: str | Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -69,6 +71,7 @@ class EmbeddedServer:
         self.config = config
         self.name = name
         self.log_file = Path(log_file) if log_file else None
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.lines: collections.deque[str] = collections.deque(maxlen=400)
         self._ready = threading.Event()
@@ -91,16 +94,14 @@ class EmbeddedServer:
         if self.proc and self.proc.poll() is None:
             return self
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            nats_server_binary(),
-            "-js",
-            "-sd", str(self.store_dir),
-            "-a", self.host,
-            "-p", str(self.port if self.port is not None else -1),
-        ]  # fmt: skip
+        args = [nats_server_binary(), "-a", self.host, "-p", str(self.port if self.port is not None else -1)]
+        if not isinstance(self.config, Path):  # a full config file names its own store dir
+            args += ["-js", "-sd", str(self.store_dir)]
         if self.name:
             args += ["-n", self.name]
-        if self.config:
+        if isinstance(self.config, Path):
+            args += ["-c", str(self.config)]
+        elif self.config:
             conf = self.store_dir / "nats-server.conf"
             conf.write_text(self.config)
             args += ["-c", str(conf)]
@@ -108,6 +109,7 @@ class EmbeddedServer:
         self.lines.clear()
         self.proc = subprocess.Popen(
             args,
+            env={**os.environ, **self.env} if self.env else None,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
