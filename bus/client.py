@@ -21,7 +21,7 @@ from nats.js import api as jsapi
 from nats.js.errors import NotFoundError
 
 from bus import subjects
-from bus.errors import PublishError, StreamConfigConflict
+from bus.errors import BusError, PublishError, StreamConfigConflict
 from bus.events import Event, encode
 
 log = logging.getLogger("swarm.bus")
@@ -69,10 +69,13 @@ async def connect(
     connect_timeout: float = 5.0,
     max_reconnect_attempts: int = -1,
     reconnect_time_wait: float = 0.5,
+    initial_wait: float = 0.0,
 ) -> NATS:
-    """Connect to NATS with reconnects forever (with nats-py's jittered wait) and logged state changes.
+    """Connect to NATS; once connected, reconnect forever (nats-py's jittered wait), logging state changes.
 
     ``config`` may be a :class:`BusConfig`, a URL, or a list of URLs (other settings from the environment).
+    The first connection is retried with backoff for up to ``initial_wait`` seconds while no server answers;
+    a refused login fails at once with the server's reason.
     """
     if config is None or isinstance(config, str | list | tuple):
         config = BusConfig.from_env(config)
@@ -92,7 +95,7 @@ async def connect(
         servers=list(config.servers),
         name=label,
         connect_timeout=connect_timeout,
-        allow_reconnect=True,
+        allow_reconnect=False,  # switched on once connected: see below
         max_reconnect_attempts=max_reconnect_attempts,
         reconnect_time_wait=reconnect_time_wait,
         error_cb=on_error,
@@ -110,7 +113,35 @@ async def connect(
         import ssl
 
         opts["tls"] = ssl.create_default_context(cafile=config.tls_ca_file)
-    return await nats.connect(**opts)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + initial_wait
+    delay = 0.1
+    while True:
+        nc = NATS()
+        try:
+            try:
+                await nc.connect(**opts)
+            except BaseException:
+                await nc.close()  # a failed first connect leaves its socket open otherwise
+                raise
+            break
+        except nats.errors.Error as e:
+            if "authorization" in str(e).lower() or "authentication" in str(e).lower():
+                who = config.user or ("token/creds" if config.token or config.creds_file else "anonymous")
+                raise BusError(
+                    f"NATS refused the login as {who} "
+                    f"({e}); check SWARM_NATS_USER/SWARM_NATS_PASSWORD or the credentials file"
+                ) from e
+            if loop.time() >= deadline:
+                raise
+        except (OSError, TimeoutError) as e:
+            if loop.time() >= deadline:
+                raise BusError(f"no NATS server answered at {', '.join(config.servers)}: {e!r}") from e
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    # nats-py gives up on the first connection only when reconnecting is off; from here on it is on
+    nc.options["allow_reconnect"] = True
+    return nc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,11 +252,11 @@ def work_consumer_config(
 
 
 def ledger_consumer_config(name: str = subjects.LEDGER_CONSUMER) -> jsapi.ConsumerConfig:
-    """The projector's durable consumer: every event of every run, in stream order."""
+    """The projector's durable consumer: every event of every run, in stream order (acked per batch)."""
     return jsapi.ConsumerConfig(
         durable_name=name,
         deliver_policy=jsapi.DeliverPolicy.ALL,
-        ack_policy=jsapi.AckPolicy.EXPLICIT,
+        ack_policy=jsapi.AckPolicy.ALL,  # one ack per projected batch
         ack_wait=60.0,
         max_deliver=-1,
         max_ack_pending=50_000,

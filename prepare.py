@@ -1,0 +1,816 @@
+"""
+The fixed half of the experiment harness: data, tokenizer, loader and the trusted evaluation.
+
+Agents never edit this file. The runner sets the budget and the data location through environment
+variables that this module reads; train.py only reads the resulting constants.
+
+    python prepare.py [--profile cpu|gpu] [--dataset fineweb-edu|climbmix --num-shards N] [--corpus DIR]
+    python prepare.py evaluate --train-py PATH --model-dir DIR [--val-dir DIR] [--json-out FILE]
+
+Layout of one prepared dataset (the val/ directory is a separate path the runner can hide):
+
+    $SWARM_CACHE_DIR/data/<dataset_fingerprint>/
+        trainview/   train/shard_00000.bin ..., tokenizer.json, token_bytes.npy, meta.json   (SWARM_DATA_DIR)
+        val/         shard_00000.bin, token_bytes.npy, meta.json                             (SWARM_VAL_DIR)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import importlib.util
+import itertools
+import json
+import math
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer as HFTokenizer
+
+# ---------------------------------------------------------------------------
+# Fixed constants (do not change: results are only comparable while these hold)
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileSpec:
+    time_budget: float  # seconds of training, warm-up steps excluded
+    max_seq_len: int  # tokens per row (context length)
+    vocab_size: int  # BPE vocabulary, BOS included
+    eval_tokens: int  # scored validation tokens (capped by what the val split holds)
+    eval_batch_size: int  # rows per evaluation forward
+    doc_chars: int  # documents are cut at line boundaries into pieces of at most this many chars
+    corpus_max_bytes: int  # offline corpus cap for the training split (0 = no cap)
+    seed: int  # default training seed
+    excluded_warmup_steps: int  # first steps (compile, allocator warm-up) not counted in the budget
+
+
+PROFILES: dict[str, ProfileSpec] = {
+    # 2 CPU cores: a ~4M-param model at ~3.5k tok/s; a small corpus keeps preparation to seconds
+    "cpu": ProfileSpec(45.0, 256, 2048, 2**14, 16, 1024, 8_000_000, 0, 1),
+    # one H100: the autoresearch-sized default
+    "gpu": ProfileSpec(300.0, 2048, 8192, 10 * 2**19, 32, 8192, 0, 0, 10),
+}
+BOS_TOKEN = "<|bos|>"
+VAL_PERCENT = 5  # offline and --corpus sources: a document goes to val when hash(its id) % 100 < this
+TOKENIZER_MAX_CHARS = 500_000_000  # BPE training text cap (large downloads)
+PREPARE_VERSION = 1  # bump when the preparation changes what a fingerprint covers
+TOKEN_DTYPE = np.uint16
+DOWNLOAD_BACKOFF = 1.0  # seconds before the first retry, doubling after each
+
+DATASETS: dict[str, dict[str, Any]] = {
+    # parquet shards with a "text" column; the last shard is the pinned validation shard
+    "fineweb-edu": {
+        "base_url": "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main",
+        "max_shard": 1822,
+    },
+    "climbmix": {
+        "base_url": "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main",
+        "max_shard": 6542,
+    },
+}
+SHARD_NAME = "shard_{:05d}.parquet"
+
+
+class PrepareError(RuntimeError):
+    """Preparation or download failed; the message says what and what to do."""
+
+
+# ---------------------------------------------------------------------------
+# Environment: the only way to change the constants (the runner sets these)
+# ---------------------------------------------------------------------------
+
+
+def resolve_profile(profile: str | None = None) -> str:
+    """The profile: the argument, else SWARM_PROFILE, else gpu when CUDA is available."""
+    name = profile or os.environ.get("SWARM_PROFILE")
+    if not name:
+        import torch
+
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    if name not in PROFILES:
+        raise PrepareError(f"unknown profile {name!r}; use one of {sorted(PROFILES)}")
+    return name
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SWARM_CACHE_DIR") or Path.home() / ".cache" / "swarm")
+
+
+def __getattr__(name: str) -> Any:
+    # Module constants computed from the environment on access, so importing stays free of work.
+    if name == "PROFILE":
+        return resolve_profile()
+    if name not in _ENV_CONSTANTS:
+        raise AttributeError(f"module 'prepare' has no attribute {name!r}")
+    spec = PROFILES[resolve_profile()]
+    values: dict[str, Any] = {
+        "TIME_BUDGET": lambda: _env_float("SWARM_TIME_BUDGET", spec.time_budget),
+        "MAX_SEQ_LEN": lambda: _env_int("SWARM_MAX_SEQ_LEN", spec.max_seq_len),
+        "SEED": lambda: _env_int("SWARM_SEED", spec.seed),
+        "EVAL_TOKENS": lambda: _env_int("SWARM_EVAL_TOKENS", spec.eval_tokens),
+        "EXCLUDED_WARMUP_STEPS": lambda: spec.excluded_warmup_steps,
+        # test/bench only: a fixed step count replaces the wall-clock schedule (deterministic runs)
+        "FIXED_STEPS": lambda: _env_int("SWARM_FIXED_STEPS", 0),
+        "RUNNER_MODE": lambda: os.environ.get("SWARM_MODE") == "runner",
+        "OUT_DIR": lambda: Path(os.environ.get("SWARM_OUT_DIR") or "out"),
+    }
+    return values[name]()
+
+
+_ENV_CONSTANTS = ("TIME_BUDGET", "MAX_SEQ_LEN", "SEED", "EVAL_TOKENS", "EXCLUDED_WARMUP_STEPS", "FIXED_STEPS",
+                  "RUNNER_MODE", "OUT_DIR")
+
+
+# ---------------------------------------------------------------------------
+# Sources: documents as (id, text)
+# ---------------------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_val(doc_id: str) -> bool:
+    return int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) % 100 < VAL_PERCENT
+
+
+def _split_text(text: str, doc_chars: int) -> list[str]:
+    """Cut a text at line boundaries into pieces of at most doc_chars (long lines are hard-split)."""
+    pieces: list[str] = []
+    cur: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        while len(line) > doc_chars:
+            if cur:
+                pieces.append("".join(cur))
+                cur, size = [], 0
+            pieces.append(line[:doc_chars])
+            line = line[doc_chars:]
+        if size + len(line) > doc_chars and cur:
+            pieces.append("".join(cur))
+            cur, size = [], 0
+        cur.append(line)
+        size += len(line)
+    if cur:
+        pieces.append("".join(cur))
+    return [p for p in pieces if p.strip()]
+
+
+@dataclasses.dataclass
+class Source:
+    """Documents of one source, already split into train and val, plus what identifies them."""
+
+    name: str
+    identity: dict[str, Any]  # goes into the dataset fingerprint
+    train: list[str]
+    val: list[str]
+
+
+def _text_files_source(root: Path, name: str, suffixes: tuple[str, ...], max_bytes: int,
+                       doc_chars: int, skip_dirs: tuple[str, ...] = ()) -> Source:
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs)
+        files.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(suffixes))
+    files.sort(key=lambda p: p.relative_to(root).as_posix())
+    train: list[str] = []
+    val: list[str] = []
+    hashes: list[list[str]] = []
+    budget = {"train": 0, "val": 0}
+    caps = {"train": max_bytes, "val": max(max_bytes // 10, 1) if max_bytes else 0}
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        if path.suffix == ".parquet":
+            docs = [(f"{rel}#{i}", t) for i, t in enumerate(_read_parquet_texts(path))]
+        else:
+            data = path.read_bytes()
+            try:
+                docs = [(rel, data.decode("utf-8"))]
+            except UnicodeDecodeError:
+                continue  # not text; skipping keeps the corpus clean
+        used = False
+        for doc_id, text in docs:
+            split = "val" if _is_val(doc_id) else "train"
+            if caps[split] and budget[split] >= caps[split]:
+                continue
+            budget[split] += len(text.encode("utf-8"))
+            (val if split == "val" else train).extend(_split_text(text, doc_chars))
+            used = True
+        if used:
+            hashes.append([rel, _sha256_file(path)])
+    if not train or not val:
+        raise PrepareError(f"source {root} gave {len(train)} train and {len(val)} val documents; "
+                           "it needs text files (.py .txt .md .rst .parquet) landing in both splits")
+    identity = {"kind": name, "files": hashes, "max_bytes": max_bytes, "val_percent": VAL_PERCENT}
+    return Source(name, identity, train, val)
+
+
+def offline_source(doc_chars: int, max_bytes: int) -> Source:
+    """The offline default: the running interpreter's standard-library sources (no network needed)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = ("site-packages", "dist-packages", "__pycache__")
+    src = _text_files_source(root, "stdlib", (".py",), max_bytes, doc_chars, skip)
+    src.identity["python"] = sys.version.split()[0]
+    return src
+
+
+def corpus_source(corpus: Path, doc_chars: int, max_bytes: int) -> Source:
+    """A user's own text or parquet files (column 'text')."""
+    return _text_files_source(corpus, f"corpus:{corpus.name}", (".txt", ".md", ".rst", ".py", ".parquet"),
+                              max_bytes, doc_chars)
+
+
+def _read_parquet_texts(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=["text"])
+    except Exception as e:
+        raise PrepareError(f"{path} is not a readable parquet file with a 'text' column ({e}); "
+                           "delete it and download again") from e
+    return [t for t in table.column("text").to_pylist() if t]
+
+
+# ---------------------------------------------------------------------------
+# Download (HTTPS, retries, resume, .tmp + rename, checksums, progress bar)
+# ---------------------------------------------------------------------------
+
+
+def download_file(url: str, dest: Path, sha256: str | None = None, retries: int = 5,
+                  backoff: float | None = None, timeout: float = 30.0) -> Path:
+    """Download url to dest: resumes a partial dest.tmp with a Range request, verifies, renames."""
+    import requests
+
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    last_error: Exception | None = None
+    backoff = DOWNLOAD_BACKOFF if backoff is None else backoff
+    for attempt in range(retries):
+        have = tmp.stat().st_size if tmp.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
+                if r.status_code == 416:  # tmp already complete
+                    break
+                if r.status_code not in (200, 206):
+                    raise PrepareError(f"GET {url} answered HTTP {r.status_code}")
+                mode = "ab" if r.status_code == 206 else "wb"  # a 200 means the server ignored Range
+                start = have if mode == "ab" else 0
+                total = start + int(r.headers.get("Content-Length", 0))
+                with open(tmp, mode) as f, _progress(dest.name, total, start) as advance:
+                    for chunk in r.iter_content(chunk_size=1 << 16):
+                        f.write(chunk)
+                        advance(len(chunk))
+            break
+        except PrepareError:
+            raise
+        except requests.RequestException as e:
+            last_error = e
+            time.sleep(backoff * 2**attempt)
+    else:
+        raise PrepareError(f"download of {url} failed after {retries} attempts: {last_error}")
+    if sha256 is not None:
+        got = _sha256_file(tmp)
+        if got != sha256:
+            tmp.unlink()
+            raise PrepareError(f"{url}: sha256 {got} != expected {sha256}; the partial file was removed, retry")
+    elif dest.suffix == ".parquet":
+        try:
+            _read_parquet_texts(tmp)
+        except PrepareError as e:
+            tmp.unlink()
+            raise PrepareError(f"corrupt shard from {url}: {e}") from e
+    tmp.replace(dest)
+    return dest
+
+
+@contextlib.contextmanager
+def _progress(name: str, total: int, done: int) -> Iterator[Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), transient=True, console=Console(stderr=True)) as progress:
+        task = progress.add_task(name, total=total or None, completed=done)
+        yield lambda n: progress.advance(task, n)
+
+
+def download_source(dataset: str, num_shards: int, doc_chars: int, base_url: str | None = None,
+                    checksums: dict[str, str] | None = None) -> Source:
+    """Download num_shards training shards plus the pinned validation shard (the dataset's last)."""
+    if dataset not in DATASETS:
+        raise PrepareError(f"unknown dataset {dataset!r}; use one of {sorted(DATASETS)}")
+    spec = DATASETS[dataset]
+    url = (base_url or os.environ.get("SWARM_DATASET_URL") or spec["base_url"]).rstrip("/")
+    names = [SHARD_NAME.format(i) for i in range(num_shards)]
+    val_name = SHARD_NAME.format(spec["max_shard"])
+    raw = cache_dir() / "raw" / dataset
+    hashes = []
+    for name in [*names, val_name]:
+        path = download_file(f"{url}/{name}", raw / name, (checksums or {}).get(name))
+        hashes.append([name, _sha256_file(path)])
+    train = [p for n in names for t in _read_parquet_texts(raw / n) for p in _split_text(t, doc_chars)]
+    val = [p for t in _read_parquet_texts(raw / val_name) for p in _split_text(t, doc_chars)]
+    return Source(dataset, {"kind": dataset, "files": hashes}, train, val)
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------
+
+
+def _byte_decoder() -> dict[str, int]:
+    # the GPT-2 byte<->unicode table that the ByteLevel pre-tokenizer uses
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> HFTokenizer:
+    """Byte-level BPE trained on the given (training) texts, BOS as the only special token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[BOS_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    budget = 0
+    sample = []
+    for t in texts:
+        if budget > TOKENIZER_MAX_CHARS:
+            break
+        sample.append(t)
+        budget += len(t)
+    tok.train_from_iterator(sample, trainer=trainer, length=len(sample))
+    tok.encode_special_tokens = True  # "<|bos|>" inside a document is text, not BOS
+    return tok
+
+
+def token_byte_lengths(tok: HFTokenizer) -> np.ndarray:
+    """Each token's length in UTF-8 bytes (0 for BOS), for bits per byte."""
+    dec = _byte_decoder()
+    out = np.zeros(tok.get_vocab_size(), dtype=np.int32)
+    for token, idx in tok.get_vocab().items():
+        out[idx] = 0 if token == BOS_TOKEN else sum(1 for c in token if c in dec)
+    return out
+
+
+def _bos_id(tok: HFTokenizer) -> int:
+    idx = tok.token_to_id(BOS_TOKEN)
+    if idx is None:
+        raise PrepareError(f"tokenizer has no {BOS_TOKEN} token; delete the cache and prepare again")
+    return int(idx)
+
+
+class Tokenizer:
+    """The prepared tokenizer, as train.py and tests use it."""
+
+    def __init__(self, path: str | Path) -> None:
+        from tokenizers import Tokenizer as HF
+
+        self.path = Path(path)
+        self.hf = HF.from_file(str(self.path))
+        self.hf.encode_special_tokens = True  # "<|bos|>" inside a text is text, not BOS
+        self.bos_id = _bos_id(self.hf)
+        self.vocab_size: int = self.hf.get_vocab_size()
+
+    @classmethod
+    def from_dir(cls, data_dir: str | Path | None = None) -> Tokenizer:
+        return cls(Path(data_dir or get_data_dir()) / "tokenizer.json")
+
+    def encode(self, text: str, bos: bool = False) -> list[int]:
+        ids: list[int] = self.hf.encode(text, add_special_tokens=False).ids
+        return [self.bos_id, *ids] if bos else ids
+
+    def decode(self, ids: list[int]) -> str:
+        out: str = self.hf.decode([i for i in ids if i != self.bos_id], skip_special_tokens=True)
+        return out
+
+
+def _encode_docs(tok: HFTokenizer, docs: list[str], bos_id: int) -> np.ndarray:
+    parts: list[np.ndarray] = []
+    for i in range(0, len(docs), 4096):
+        for enc in tok.encode_batch(docs[i:i + 4096], add_special_tokens=False):
+            parts.append(np.asarray([bos_id, *enc.ids], dtype=TOKEN_DTYPE))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=TOKEN_DTYPE)
+
+
+# ---------------------------------------------------------------------------
+# Preparation (idempotent, one process at a time per dataset, atomic rename)
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    root: Path
+    data_dir: Path  # the train view: train/, tokenizer.json, token_bytes.npy, meta.json
+    val_dir: Path
+    tokenizer_path: Path
+    dataset_fingerprint: str
+    tokenizer_fingerprint: str
+    vocab_size: int
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_prepared(root: Path) -> Prepared:
+    meta = json.loads((root / "trainview" / "meta.json").read_text())
+    return Prepared(root, root / "trainview", root / "val", root / "trainview" / "tokenizer.json",
+                    meta["dataset_fingerprint"], meta["tokenizer_fingerprint"], meta["vocab_size"])
+
+
+def ensure_prepared(profile: str | None = None, dataset: str | None = None, corpus: str | None = None,
+                    num_shards: int = 1, base_url: str | None = None,
+                    checksums: dict[str, str] | None = None) -> Prepared:
+    """Prepare (once per node) and return the dataset for a profile: offline default, --dataset or --corpus."""
+    spec = PROFILES[resolve_profile(profile)]
+    max_bytes = _env_int("SWARM_CORPUS_MAX_BYTES", spec.corpus_max_bytes)
+    if dataset:
+        source = download_source(dataset, num_shards, spec.doc_chars, base_url, checksums)
+    elif corpus:
+        source = corpus_source(Path(corpus).resolve(), spec.doc_chars, max_bytes)
+    else:
+        source = offline_source(spec.doc_chars, max_bytes)
+    params = {"version": PREPARE_VERSION, "vocab_size": spec.vocab_size, "doc_chars": spec.doc_chars,
+              "tokenizer": "bytelevel-bpe", "source": source.identity}
+    fp = _fingerprint(params)
+    data = cache_dir() / "data"
+    root = data / fp
+    data.mkdir(parents=True, exist_ok=True)
+    if (root / "trainview" / "meta.json").exists():
+        return _load_prepared(root)
+    with open(data / f"{fp}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the result
+        if (root / "trainview" / "meta.json").exists():
+            return _load_prepared(root)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{fp}-", dir=data))
+        try:
+            _build(tmp, source, spec, fp)
+            tmp.rename(root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _load_prepared(root)
+
+
+def _build(tmp: Path, source: Source, spec: ProfileSpec, fp: str) -> None:
+    tv, val = tmp / "trainview", tmp / "val"
+    (tv / "train").mkdir(parents=True)
+    val.mkdir()
+    tok = train_tokenizer(source.train, spec.vocab_size)
+    tok.save(str(tv / "tokenizer.json"))
+    tok_fp = _sha256_file(tv / "tokenizer.json")[:16]
+    bos = _bos_id(tok)
+    tb = token_byte_lengths(tok)
+    counts = {}
+    for split, docs, out in (("train", source.train, tv / "train"), ("val", source.val, val)):
+        ids = _encode_docs(tok, docs, bos)
+        ids.tofile(out / "shard_00000.bin")
+        counts[split] = {"documents": len(docs), "tokens": int(ids.size), "bytes": int(tb[ids].sum()),
+                         "tokens_sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
+    meta = {"dataset": source.name, "dataset_fingerprint": fp, "tokenizer_fingerprint": tok_fp,
+            "vocab_size": tok.get_vocab_size(), "bos_id": bos, "token_dtype": np.dtype(TOKEN_DTYPE).name,
+            "doc_chars": spec.doc_chars, "counts": counts, "prepare_version": PREPARE_VERSION,
+            "source_identity": source.identity}
+    for d in (tv, val):
+        np.save(d / "token_bytes.npy", tb)
+        (d / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def get_data_dir() -> Path:
+    """The train view train.py reads: SWARM_DATA_DIR, else the default prepared dataset (prepared if missing)."""
+    env = os.environ.get("SWARM_DATA_DIR")
+    return Path(env) if env else ensure_prepared().data_dir
+
+
+def get_val_dir() -> Path | None:
+    """The validation split: SWARM_VAL_DIR; None in runner mode or when only SWARM_DATA_DIR was given."""
+    env = os.environ.get("SWARM_VAL_DIR")
+    if env:
+        return Path(env)
+    if os.environ.get("SWARM_MODE") == "runner" or os.environ.get("SWARM_DATA_DIR"):
+        return None  # training in the runner never gets a path to val (the runner also hides it on disk)
+    return ensure_prepared().val_dir
+
+
+def read_meta(data_dir: str | Path | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = json.loads((Path(data_dir or get_data_dir()) / "meta.json").read_text())
+    return meta
+
+
+def _read_tokens(split_dir: Path) -> np.ndarray:
+    shards = sorted(split_dir.glob("shard_*.bin"))
+    if not shards:
+        raise PrepareError(f"no token shards in {split_dir}; run `python prepare.py` first")
+    arrays = [np.memmap(s, dtype=TOKEN_DTYPE, mode="r") for s in shards]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+# ---------------------------------------------------------------------------
+# Loader: packed rows starting with BOS, deterministic for a seed
+# ---------------------------------------------------------------------------
+
+
+def make_dataloader(batch_size: int, seq_len: int | None = None, seed: int | None = None,
+                    device: str | torch.device = "cpu",
+                    data_dir: str | Path | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Yield (inputs, targets, epoch) forever from the training split.
+
+    Each row is seq_len+1 consecutive tokens starting at a document's BOS, so one row packs a document
+    and the ones after it. Row starts go through a seeded permutation per epoch.
+    """
+    import torch
+
+    seq_len = seq_len or __getattr__("MAX_SEQ_LEN")
+    seed = __getattr__("SEED") if seed is None else seed
+    root = Path(data_dir or get_data_dir())
+    tokens = _read_tokens(root / "train")
+    bos = read_meta(root)["bos_id"]
+    starts = np.flatnonzero(tokens[: max(tokens.size - seq_len - 1, 0) + 1] == bos)
+    if starts.size < batch_size:
+        raise PrepareError(f"training split too small: {starts.size} row starts for batch {batch_size}")
+    device = torch.device(device)
+    pin = device.type == "cuda"
+    rng = np.random.default_rng(seed)
+    offsets = np.arange(seq_len + 1)
+    epoch = 0
+    while True:
+        order = starts[rng.permutation(starts.size)]
+        for i in range(0, order.size - batch_size + 1, batch_size):
+            rows = torch.from_numpy(tokens[order[i:i + batch_size, None] + offsets].astype(np.int64))
+            if pin:
+                rows = rows.pin_memory()
+            rows = rows.to(device, non_blocking=True)
+            yield rows[:, :-1], rows[:, 1:], epoch
+        epoch += 1
+
+
+# ---------------------------------------------------------------------------
+# Trusted evaluation (do not change: this is the metric)
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EvalResult:
+    val_bpb: float | None
+    causal: bool
+    status: str  # ok | noncausal | error
+    reason: str
+    eval_tokens: int
+    eval_seconds: float
+    num_params: int
+
+
+def eval_rows(tokens: np.ndarray, bos: int, seq_len: int, token_bytes: np.ndarray,
+              eval_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed validation slice: documents in order, packed into rows of seq_len+1 that start with BOS.
+
+    A document that does not fit the rest of a row starts the next row (cropped to one row); the tail
+    of a row is padding with target -1 (not scored). Stops once eval_tokens tokens are scored.
+    """
+    bounds = np.append(np.flatnonzero(tokens == bos), tokens.size)
+    rows: list[np.ndarray] = []
+    cur: list[np.ndarray] = []
+    fill = scored = 0
+
+    def flush() -> None:
+        nonlocal cur, fill, scored
+        row = np.full(seq_len + 1, -1, dtype=np.int64)
+        row[:fill] = np.concatenate(cur)
+        scored += int((token_bytes[np.maximum(row[1:fill], 0)] > 0).sum())
+        rows.append(row)
+        cur, fill = [], 0
+
+    for a, b in itertools.pairwise(bounds):
+        doc = np.asarray(tokens[a:b], dtype=np.int64)[: seq_len + 1]
+        if fill + doc.size > seq_len + 1:
+            flush()
+            if scored >= eval_tokens:
+                break
+        cur.append(doc)
+        fill += doc.size
+    if cur and scored < eval_tokens:
+        flush()
+    if not rows:
+        raise PrepareError("validation split is empty")
+    full = np.stack(rows)
+    inputs = np.where(full[:, :-1] < 0, bos, full[:, :-1])
+    return inputs, full[:, 1:]
+
+
+def _import_train(train_py: Path) -> Any:
+    name = f"_swarm_train_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, train_py)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {train_py}")
+    module = importlib.util.module_from_spec(spec)
+    here = str(Path(__file__).resolve().parent)  # train.py's `import prepare` finds this pristine copy
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def evaluate(train_py: str | Path, model_dir: str | Path, val_dir: str | Path, *,
+             device: str | None = None, seq_len: int | None = None, eval_tokens: int | None = None,
+             batch_size: int | None = None) -> EvalResult:
+    """Score saved weights as bits per byte on the pinned validation slice, with a causality probe.
+
+    Imports train.py as a fresh module, builds the model with its build_model(config) from
+    model_dir/config.json, loads model_dir/model.pt and computes the float32 cross-entropy from the
+    logits itself. Model failures come back as status "error"/"noncausal"; missing files raise.
+    """
+    import torch
+
+    # bind the math before train.py's code runs, so patching torch attributes at import cannot reach it
+    log_softmax, isfinite, no_grad = torch.log_softmax, torch.isfinite, torch.no_grad
+    t0 = time.time()
+    spec = PROFILES[resolve_profile()]
+    seq_len = seq_len or __getattr__("MAX_SEQ_LEN")
+    eval_tokens = eval_tokens or __getattr__("EVAL_TOKENS")
+    batch_size = batch_size or spec.eval_batch_size
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    val_dir, model_dir = Path(val_dir), Path(model_dir)
+    meta = json.loads((val_dir / "meta.json").read_text())
+    token_bytes_np = np.load(val_dir / "token_bytes.npy")
+    vocab, bos = int(meta["vocab_size"]), int(meta["bos_id"])
+    inputs_np, targets_np = eval_rows(_read_tokens(val_dir), bos, seq_len, token_bytes_np, eval_tokens)
+    config = json.loads((model_dir / "config.json").read_text())
+    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+
+    def result(status: str, reason: str, bpb: float | None = None, causal: bool = False,
+               n_tok: int = 0, n_params: int = 0) -> EvalResult:
+        return EvalResult(bpb, causal, status, reason, n_tok, round(time.time() - t0, 3), n_params)
+
+    saved_val_env = os.environ.pop("SWARM_VAL_DIR", None)  # the model code gets no path to val
+    try:
+        try:
+            module = _import_train(Path(train_py))
+            if not callable(getattr(module, "build_model", None)):
+                return result("error", "train.py defines no build_model(config) function")
+            model = module.build_model(config)
+            model.load_state_dict(state, strict=True)
+            model.to(dev).eval()
+        except Exception as e:
+            return result("error", f"building the model failed: {type(e).__name__}: {e}")
+        n_params = sum(p.numel() for p in model.parameters())
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
+                    else contextlib.nullcontext())
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with no_grad(), autocast:
+                out = model(x)
+            if not isinstance(out, torch.Tensor):
+                raise _ModelError(f"model(idx) returned {type(out).__name__}, expected a logits tensor")
+            if tuple(out.shape) != (x.size(0), x.size(1), vocab):
+                raise _ModelError(f"model(idx) returned shape {tuple(out.shape)}, expected "
+                                  f"{(x.size(0), x.size(1), vocab)} (batch, time, vocab)")
+            out = out.float()
+            if not bool(isfinite(out).all()):
+                raise _ModelError("model(idx) returned NaN or infinite logits")
+            return out
+
+        try:
+            causal, why = _causality_probe(forward, torch.from_numpy(inputs_np[:1]).to(dev), vocab)
+            if not causal:
+                return result("noncausal", why, n_params=n_params)
+            token_bytes = torch.from_numpy(token_bytes_np.astype(np.int64)).to(dev)
+            nats = torch.zeros((), dtype=torch.float64, device=dev)
+            nbytes = 0
+            for i in range(0, len(inputs_np), batch_size):
+                x = torch.from_numpy(inputs_np[i:i + batch_size]).to(dev)
+                y = torch.from_numpy(targets_np[i:i + batch_size]).to(dev)
+                logp = log_softmax(forward(x), dim=-1)
+                w = token_bytes[y.clamp(min=0)] * (y >= 0)
+                nll = -logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                nats += (nll * (w > 0)).double().sum()
+                nbytes += int(w.sum())
+        except _ModelError as e:
+            return result("error", str(e), n_params=n_params)
+        except Exception as e:
+            return result("error", f"model forward failed: {type(e).__name__}: {e}", n_params=n_params)
+        n_scored = int((token_bytes_np[np.maximum(targets_np, 0)] * (targets_np >= 0) > 0).sum())
+        bpb = float(nats) / (math.log(2) * nbytes)
+        return result("ok", "", bpb, True, n_scored, n_params)
+    finally:
+        if saved_val_env is not None:
+            os.environ["SWARM_VAL_DIR"] = saved_val_env
+
+
+class _ModelError(Exception):
+    pass
+
+
+def _causality_probe(forward: Any, x: torch.Tensor, vocab: int) -> tuple[bool, str]:
+    """Changing tokens after position t must leave the logits at positions <= t unchanged."""
+    import torch
+
+    T = x.size(1)
+    cuts = sorted({0, T // 4, T // 2, T - 2})
+    gen = torch.Generator().manual_seed(1234)
+    rows = [x]
+    for t in cuts:
+        x2 = x.clone()
+        shift = torch.randint(1, vocab, (1, T - t - 1), generator=gen).to(x.device)
+        x2[:, t + 1:] = (x2[:, t + 1:] + shift) % vocab
+        rows.append(x2)
+    logits = forward(torch.cat(rows))
+    scale = 1.0 + float(logits[0].abs().max())
+    tol = (2e-2 if x.device.type == "cuda" else 1e-4) * scale  # bf16 on CUDA, float32 on CPU
+    for k, t in enumerate(cuts, start=1):
+        diff = float((logits[k, : t + 1] - logits[0, : t + 1]).abs().max())
+        if diff > tol:
+            return False, (f"changing tokens after position {t} changed the logits at positions <= {t} "
+                           f"by {diff:.3g} (tolerance {tol:.3g}): the model sees the future")
+    return True, ""
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["evaluate"]:
+        p = argparse.ArgumentParser(prog="prepare.py evaluate", description="trusted evaluation")
+        p.add_argument("--train-py", required=True)
+        p.add_argument("--model-dir", required=True)
+        p.add_argument("--val-dir", default=None, help="default: SWARM_VAL_DIR, else the default dataset")
+        p.add_argument("--json-out", default=None)
+        p.add_argument("--device", default=None)
+        a = p.parse_args(argv[1:])
+        try:
+            val_dir = a.val_dir or get_val_dir()
+            if val_dir is None:
+                raise PrepareError("no validation directory: pass --val-dir or set SWARM_VAL_DIR")
+            res = evaluate(a.train_py, a.model_dir, val_dir, device=a.device)
+        except Exception:
+            traceback.print_exc()
+            return 2
+        line = json.dumps(dataclasses.asdict(res))
+        if a.json_out:
+            Path(a.json_out).write_text(line + "\n")
+        print(line)
+        return 0
+    p = argparse.ArgumentParser(prog="prepare.py", description="prepare data and tokenizer (once per node)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=None)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default=None)
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--corpus", default=None, help="a directory of text or parquet files")
+    p.add_argument("--base-url", default=None, help="mirror for --dataset (also SWARM_DATASET_URL)")
+    a = p.parse_args(argv)
+    try:
+        prep = ensure_prepared(a.profile, a.dataset, a.corpus, num_shards=a.num_shards, base_url=a.base_url)
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    info = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(prep).items()}
+    print(json.dumps(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `swarm` command line: the top floor that wires bus, ledger, runner and agents into processes."""

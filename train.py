@@ -1,0 +1,400 @@
+"""
+The file agents edit: a small modern GPT trained for a fixed wall-clock budget (prepare.TIME_BUDGET).
+
+Rotary embeddings, RMSNorm, QK-norm, ReLU² MLP, untied head, logit softcap, optional sliding-window
+attention; Muon for matrices, AdamW for embeddings, head and scalars; a time-based schedule with warmdown.
+Importable without side effects: the trusted evaluation imports this file and calls build_model(config).
+
+Knobs: UPPER_CASE constants below, one `NAME = literal  # comment` line each, edited directly (no CLI).
+Size knobs come in pairs, CPU_NAME and GPU_NAME: prepare.PROFILE (cpu|gpu, by device or SWARM_PROFILE)
+picks one of the pair, so edit the line of the profile your run targets. The others apply to both.
+"""
+
+import contextlib
+import json
+import math
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import prepare
+
+# ---------------------------------------------------------------------------
+# Model size, per profile (prepare.PROFILE picks CPU_* or GPU_*)
+# ---------------------------------------------------------------------------
+CPU_DEPTH = 4                     # transformer blocks
+GPU_DEPTH = 8
+CPU_ASPECT_RATIO = 64             # model_dim = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+GPU_ASPECT_RATIO = 80
+CPU_HEAD_DIM = 64                 # width of one attention head
+GPU_HEAD_DIM = 128
+CPU_WINDOW_PATTERN = "L"          # per layer, cycled: L = full causal, S = sliding window of SHORT_WINDOW_FRAC
+GPU_WINDOW_PATTERN = "SSSL"
+CPU_DEVICE_BATCH_SIZE = 8         # rows per forward/backward
+GPU_DEVICE_BATCH_SIZE = 64
+CPU_TOTAL_BATCH_SIZE = 2**11      # tokens per optimizer step (gradient accumulation fills the gap)
+GPU_TOTAL_BATCH_SIZE = 2**19
+
+# ---------------------------------------------------------------------------
+# Architecture
+# ---------------------------------------------------------------------------
+MLP_RATIO = 4                     # MLP hidden width = MLP_RATIO * model_dim
+SOFTCAP = 15.0                    # logits = SOFTCAP * tanh(logits / SOFTCAP); 0 disables
+SHORT_WINDOW_FRAC = 0.5           # sliding window of "S" layers, as a fraction of the sequence length
+ROPE_BASE = 10000.0               # rotary embedding base frequency
+
+# ---------------------------------------------------------------------------
+# Optimization
+# ---------------------------------------------------------------------------
+MATRIX_LR = 0.04                  # Muon, for the 2-D weights inside blocks
+EMBEDDING_LR = 0.6                # AdamW, token embedding (scaled by (model_dim/768)^-0.5)
+UNEMBEDDING_LR = 0.004            # AdamW, lm_head (scaled by (model_dim/768)^-0.5)
+SCALAR_LR = 0.5                   # AdamW, per-layer residual scalars
+WEIGHT_DECAY = 0.0                # decoupled weight decay on Muon matrices
+ADAM_BETAS = (0.8, 0.95)          # AdamW betas
+MUON_MOMENTUM = 0.95              # Muon (Nesterov) momentum
+NS_STEPS = 5                      # Newton-Schulz iterations that orthogonalize Muon's update
+WARMUP_RATIO = 0.0                # fraction of the budget with linear LR warm-up
+WARMDOWN_RATIO = 0.5              # fraction of the budget at the end with linear LR decay
+FINAL_LR_FRAC = 0.0               # LR multiplier at the end of the warmdown
+GRAD_CLIP = 0.0                   # max grad norm; 0 disables
+
+# ---------------------------------------------------------------------------
+# Runtime
+# ---------------------------------------------------------------------------
+COMPILE = True                    # torch.compile the model on CUDA (never on CPU: the cold compile eats the budget)
+LOSS_EXPLODE = 20.0               # fail fast when the loss exceeds this (nats) after the first steps
+LOG_INTERVAL = 1.0                # seconds between progress lines
+
+
+def knob(name):
+    """The value of a per-profile knob (CPU_NAME or GPU_NAME) for the current profile."""
+    return globals()[f"{prepare.PROFILE.upper()}_{name}"]
+
+
+# ---------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------
+
+def norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def apply_rotary(x, cos, sin):
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+_flex_cache = {}
+
+
+def sliding_window_attention(q, k, v, window):
+    """Causal attention over the last `window` positions: flex attention on CUDA, a masked SDPA on CPU."""
+    T = q.size(-2)
+    if q.device.type == "cuda":
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        key = (T, window, q.device)
+        if key not in _flex_cache:
+            def mask_mod(b, h, qi, ki):
+                return (qi >= ki) & (qi - ki < window)
+            block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=T, KV_LEN=T, device=q.device)
+            _flex_cache[key] = (block_mask, torch.compile(flex_attention, dynamic=False))
+        block_mask, flex = _flex_cache[key]
+        return flex(q, k, v, block_mask=block_mask)
+    i = torch.arange(T, device=q.device)
+    mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, n_head, head_dim, window):
+        super().__init__()
+        self.n_head, self.head_dim, self.window = n_head, head_dim, window
+        self.c_q = nn.Linear(dim, n_head * head_dim, bias=False)
+        self.c_k = nn.Linear(dim, n_head * head_dim, bias=False)
+        self.c_v = nn.Linear(dim, n_head * head_dim, bias=False)
+        self.c_proj = nn.Linear(n_head * head_dim, dim, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))  # QK-norm
+        if self.window >= T:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = sliding_window_attention(q, k, v, self.window)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim, ratio):
+        super().__init__()
+        self.c_fc = nn.Linear(dim, ratio * dim, bias=False)
+        self.c_proj = nn.Linear(ratio * dim, dim, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU²
+
+
+class Block(nn.Module):
+    def __init__(self, dim, n_head, head_dim, mlp_ratio, window):
+        super().__init__()
+        self.attn = Attention(dim, n_head, head_dim, window)
+        self.mlp = MLP(dim, mlp_ratio)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(norm(x), cos, sin)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab_size, sequence_len, n_layer, n_head, head_dim, n_embd, mlp_ratio, windows,
+                 softcap, rope_base):
+        super().__init__()
+        self.softcap = softcap
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head, head_dim, mlp_ratio, w) for w in windows)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)  # untied from wte
+        self.resid_lambdas = nn.Parameter(torch.ones(n_layer))
+        self.x0_lambdas = nn.Parameter(torch.zeros(n_layer))
+        inv_freq = 1.0 / (rope_base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        freqs = torch.outer(torch.arange(sequence_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", freqs.cos()[None, None], persistent=False)
+        self.register_buffer("sin", freqs.sin()[None, None], persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self):
+        nn.init.normal_(self.wte.weight, std=1.0)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+        for block in self.blocks:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                bound = 3**0.5 * lin.in_features**-0.5
+                nn.init.uniform_(lin.weight, -bound, bound)
+            nn.init.zeros_(block.attn.c_proj.weight)  # each block starts as the identity
+            nn.init.zeros_(block.mlp.c_proj.weight)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.0)
+
+    def forward(self, idx):
+        """Logits (B, T, vocab) in float32; the caller computes any loss."""
+        T = idx.size(1)
+        cos, sin = self.cos[:, :, :T], self.sin[:, :, :T]
+        x = x0 = norm(self.wte(idx))
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            x = block(x, cos, sin)
+        logits = self.lm_head(norm(x)).float()
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
+
+
+def model_config(vocab_size, sequence_len):
+    """The architecture as plain values (saved to config.json, read back by build_model)."""
+    depth, head_dim = knob("DEPTH"), knob("HEAD_DIM")
+    n_embd = -(-depth * knob("ASPECT_RATIO") // head_dim) * head_dim
+    pattern = knob("WINDOW_PATTERN")
+    short = max(1, int(SHORT_WINDOW_FRAC * sequence_len))
+    windows = [sequence_len if pattern[i % len(pattern)] == "L" else short for i in range(depth)]
+    windows[-1] = sequence_len  # the last layer always sees the full context
+    return dict(vocab_size=vocab_size, sequence_len=sequence_len, n_layer=depth, n_head=n_embd // head_dim,
+                head_dim=head_dim, n_embd=n_embd, mlp_ratio=MLP_RATIO, windows=windows, softcap=SOFTCAP,
+                rope_base=ROPE_BASE)
+
+
+def build_model(config):
+    """Build the model from a saved config.json (the trusted evaluation calls this)."""
+    return GPT(**config["model_config"])
+
+
+# ---------------------------------------------------------------------------
+# Optimizer: Muon for matrices, AdamW for the rest
+# ---------------------------------------------------------------------------
+
+def zeropower_via_newtonschulz5(G, steps):
+    """Approximately orthogonalize G (quintic Newton-Schulz, Keller Jordan's coefficients)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.bfloat16() if G.is_cuda else G.float()
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.mT if transposed else X).to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    def __init__(self, params, lr, momentum, weight_decay, ns_steps):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                g = p.grad.lerp(buf, group["momentum"])  # Nesterov
+                update = zeropower_via_newtonschulz5(g, group["ns_steps"])
+                scale = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"] * scale)
+
+
+def make_optimizers(model):
+    dim_scale = (model.wte.weight.size(1) / 768) ** -0.5
+    matrices = [p for b in model.blocks for p in b.parameters() if p.ndim == 2]
+    adam_groups = [
+        dict(params=[model.wte.weight], lr=EMBEDDING_LR * dim_scale),
+        dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * dim_scale),
+        dict(params=[model.resid_lambdas, model.x0_lambdas], lr=SCALAR_LR),
+    ]
+    adam = torch.optim.AdamW(adam_groups, betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0,
+                             fused=torch.cuda.is_available())
+    muon = Muon(matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM, weight_decay=WEIGHT_DECAY, ns_steps=NS_STEPS)
+    for opt in (adam, muon):
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    return [adam, muon]
+
+
+def lr_multiplier(progress):
+    if progress < WARMUP_RATIO:
+        return (progress + 1e-8) / WARMUP_RATIO
+    if progress <= 1.0 - WARMDOWN_RATIO:
+        return 1.0
+    frac = (1.0 - progress) / WARMDOWN_RATIO
+    return frac + (1 - frac) * FINAL_LR_FRAC
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+def main():
+    t_start = time.time()
+    profile, budget, seq_len = prepare.PROFILE, prepare.TIME_BUDGET, prepare.MAX_SEQ_LEN
+    fixed_steps, seed = prepare.FIXED_STEPS, prepare.SEED
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    is_cuda = device.type == "cuda"
+    torch.manual_seed(seed)
+    if is_cuda:
+        torch.cuda.manual_seed(seed)
+        torch.set_float32_matmul_precision("high")
+
+    data_dir = prepare.get_data_dir()
+    meta = prepare.read_meta(data_dir)
+    vocab_size = meta["vocab_size"]
+    config = dict(model_config=model_config(vocab_size, seq_len), vocab_size=vocab_size, profile=profile,
+                  dataset_fingerprint=meta["dataset_fingerprint"],
+                  tokenizer_fingerprint=meta["tokenizer_fingerprint"])
+    model = build_model(config)
+    model.init_weights()
+    model.to(device)
+    num_params = sum(p.numel() for p in model.parameters())
+    optimizers = make_optimizers(model)
+    fwd = torch.compile(model, dynamic=False) if (is_cuda and COMPILE) else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if is_cuda else contextlib.nullcontext()
+
+    batch_size = knob("DEVICE_BATCH_SIZE")
+    tokens_per_fwd = batch_size * seq_len
+    grad_accum = max(1, knob("TOTAL_BATCH_SIZE") // tokens_per_fwd)
+    loader = prepare.make_dataloader(batch_size, seq_len, seed=seed, device=device, data_dir=data_dir)
+    # FLOPs per token: 6 * matmul params + attention (12 * layers * dim * seq); for MFU on CUDA
+    n_embd, n_layer = config["model_config"]["n_embd"], config["model_config"]["n_layer"]
+    flops_per_token = 6 * (num_params - model.wte.weight.numel()) + 12 * n_layer * n_embd * seq_len
+    peak_flops = 989e12 if is_cuda else float("inf")  # H100 bf16 dense
+
+    print(f"profile: {profile} | params: {num_params / 1e6:.2f}M | dim {n_embd} x {n_layer} layers | "
+          f"batch {batch_size}x{seq_len} x{grad_accum} accum | budget {budget:.0f}s", flush=True)
+    step, training_time, total_tokens, smooth = 0, 0.0, 0, None
+    last_log, loss_f = 0.0, float("nan")
+    x, y, _ = next(loader)
+    while True:
+        t0 = time.time()
+        progress = step / fixed_steps if fixed_steps else min(training_time / budget, 1.0)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lr_multiplier(progress)
+        for _ in range(grad_accum):
+            with autocast:
+                logits = fwd(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+            (loss / grad_accum).backward()
+            x, y, _ = next(loader)
+        loss_f = loss.item()
+        if not math.isfinite(loss_f) or (step > prepare.EXCLUDED_WARMUP_STEPS and loss_f > LOSS_EXPLODE):
+            print(f"FAIL: nan loss at step {step}" if not math.isfinite(loss_f)
+                  else f"FAIL: nan loss at step {step} (exploding: {loss_f:.2f})", flush=True)
+            sys.exit(3)
+        if GRAD_CLIP:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        if is_cuda:
+            torch.cuda.synchronize()
+        dt = time.time() - t0
+        if step >= prepare.EXCLUDED_WARMUP_STEPS:  # compile/warm-up steps do not count
+            training_time += dt
+        total_tokens += tokens_per_fwd * grad_accum
+        step += 1
+        smooth = loss_f if smooth is None else 0.9 * smooth + 0.1 * loss_f
+        done = step >= fixed_steps if fixed_steps else training_time >= budget
+        if time.time() - last_log >= LOG_INTERVAL or done:
+            last_log = time.time()
+            progress = step / fixed_steps if fixed_steps else min(training_time / budget, 1.0)
+            print(f"step {step} | progress {progress:.4f} | loss {loss_f:.4f} | "
+                  f"tok/s {int(tokens_per_fwd * grad_accum / dt)}", flush=True)
+        if done:
+            break
+
+    out_dir = prepare.OUT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().float().cpu() for k, v in model.state_dict().items()}, out_dir / "model.pt")
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1))
+
+    results = {}
+    if not prepare.RUNNER_MODE:  # by hand: the same trusted evaluation the runner runs
+        val_dir = prepare.get_val_dir()
+        if val_dir is None:
+            print("no validation split available (set SWARM_VAL_DIR); skipping evaluation", flush=True)
+        else:
+            res = prepare.evaluate(__file__, out_dir, val_dir)
+            if res.status != "ok":
+                print(f"evaluation: {res.status}: {res.reason}", flush=True)
+            results["val_bpb"] = f"{res.val_bpb:.6f}" if res.val_bpb is not None else "nan"
+    mfu = 100 * flops_per_token * total_tokens / training_time / peak_flops if training_time else 0.0
+    results.update(
+        training_seconds=f"{training_time:.1f}",
+        total_seconds=f"{time.time() - t_start:.1f}",
+        peak_vram_mb=f"{torch.cuda.max_memory_allocated() / 2**20:.1f}" if is_cuda else "0.0",
+        mfu_percent=f"{mfu:.2f}",
+        total_tokens_M=f"{total_tokens / 1e6:.3f}",
+        num_steps=str(step),
+        num_params_M=f"{num_params / 1e6:.3f}",
+        final_loss=f"{loss_f:.6f}",
+        profile=profile,
+        dataset_fingerprint=meta["dataset_fingerprint"],
+        tokenizer_fingerprint=meta["tokenizer_fingerprint"],
+    )
+    print("---")
+    for k, v in results.items():
+        print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
