@@ -427,6 +427,7 @@ class ExperimentRow(msgspec.Struct, kw_only=True, frozen=True):
     total_seconds: float | None = None
     reason: str = ""
     log_tail: str = ""
+    log_ref: str = ""
     decision: str | None = None
     train_py_sha256: str = ""
     tags: list[str] = msgspec.field(default_factory=list)

@@ -1,0 +1,524 @@
+"""``swarm``: one command line for the research swarm.
+
+Every subcommand that talks to a running swarm takes ``--nats`` (or SWARM_NATS_URL) and ``--run`` (or
+SWARM_RUN). ``swarm up`` runs a whole swarm on this machine; the other subcommands are its parts, for
+running across machines, and its tools (status, logs, report, compare, replay, export, notebook).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bus import events as ev
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+nats_option = click.option(
+    "--nats",
+    "nats_url",
+    envvar="SWARM_NATS_URL",
+    default="nats://127.0.0.1:4222",
+    show_default=True,
+    help="NATS server URL(s), comma-separated. Credentials: SWARM_NATS_USER/SWARM_NATS_PASSWORD.",
+)
+run_option = click.option(
+    "--run",
+    envvar="SWARM_RUN",
+    default="default",
+    show_default=True,
+    help="Swarm run name (one subject token).",
+)
+
+
+def _urls(nats_url: str) -> tuple[str, ...]:
+    return tuple(u.strip() for u in nats_url.split(",") if u.strip())
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+def _run_async(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run ``main(stop)`` with SIGINT/SIGTERM setting ``stop`` (the first one: a clean stop; a second
+    Ctrl-C: the default, immediate KeyboardInterrupt)."""
+
+    async def wrapper() -> T:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: int) -> None:
+            if stop.is_set():
+                loop.remove_signal_handler(sig)
+                signal.raise_signal(sig)
+            click.echo("\nstopping cleanly (again to abort)...", err=True)
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        return await main(stop)
+
+    return asyncio.run(wrapper())
+
+
+async def _connect(nats_url: str, name: str) -> Any:
+    from bus import BusConfig, BusError, connect
+
+    try:
+        return await connect(BusConfig.from_env(_urls(nats_url), name=name), name=name, initial_wait=5.0)
+    except BusError as e:
+        _fail(f"{e}\nIs a swarm running? Start one with `swarm up`, or pass --nats / set SWARM_NATS_URL.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """A research swarm: agents propose train.py edits, runners train them under a fixed budget, and an
+    event ledger keeps every result.
+
+    \b
+    Start here:   swarm up                      (everything on this machine; Ctrl-C stops cleanly)
+    Look:         swarm status | swarm logs H | swarm notebook
+    Analyse:      swarm report | swarm compare | swarm export | swarm replay
+    Across machines: swarm ledger / swarm runner / swarm agent against one NATS cluster (README).
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# services
+
+
+@cli.command()
+@nats_option
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path(".swarm/ledger.duckdb"),
+              show_default=True, help="The ledger's DuckDB file (only this process opens it for writing).")  # fmt: skip
+def ledger(nats_url: str, db: Path) -> None:
+    """Run the ledger: project the event stream into DuckDB and answer the read API."""
+    from ledger.service import run_ledger
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+
+    async def main(stop: asyncio.Event) -> None:
+        nc = await _connect(nats_url, "ledger")
+        try:
+            click.echo(f"ledger: projecting into {db}; Ctrl-C to stop", err=True)
+            await run_ledger(nc, db, stop=stop)
+        finally:
+            await nc.close()
+
+    _run_async(main)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def runner(ctx: click.Context) -> None:
+    """Run one runner daemon (one per GPU: --gpu N). Options: `swarm runner --help`.
+
+    Claims work of its hardware class (then `any`), trains in a sandbox (process or docker executor),
+    evaluates the saved weights itself, and publishes the result. SIGTERM gives the running item back.
+    """
+    from runner.__main__ import main as runner_main
+
+    args = list(ctx.args)
+    if "--nats" not in args and os.environ.get("SWARM_NATS_URL"):
+        args += ["--nats", os.environ["SWARM_NATS_URL"]]
+    if "--run" not in args and os.environ.get("SWARM_RUN"):
+        args += ["--run", os.environ["SWARM_RUN"]]
+    sys.argv[0] = "swarm runner"
+    runner_main(args)
+
+
+@cli.command()
+@nats_option
+@run_option
+@click.option("--spec", "specs", multiple=True, required=True,
+              help="optuna | random | claude:<model> | openai:<model> | openai:<model>@<base_url>; "
+                   "repeat or comma-separate for several agents.")  # fmt: skip
+@click.option("--max-experiments", type=int, default=None, help="Stop after proposing this many.")
+@click.option("--max-cost", type=float, default=None, help="Stop after spending this many API dollars.")
+@click.option("--hw-class", default="any", show_default=True, help="Hardware class of screen-tier proposals.")
+@click.option("--program", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The research direction (default: the repo's program.md).")  # fmt: skip
+@click.option("--train-py", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=REPO_ROOT / "train.py", show_default=True, help="The baseline train.py.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+def agent(
+    nats_url: str,
+    run: str,
+    specs: tuple[str, ...],
+    max_experiments: int | None,
+    max_cost: float | None,
+    hw_class: str,
+    program: Path | None,
+    train_py: Path,
+    seed: int,
+) -> None:
+    """Run researcher agents: read the ledger, propose waves of experiments, decide keep/discard."""
+    from agents.spec import run_agent_spec
+
+    names = [s for spec in specs for s in spec.split(",") if s.strip()]
+    _check_agent_specs(names)
+
+    async def main(stop: asyncio.Event) -> None:
+        nc = await _connect(nats_url, "agents")
+        try:
+            tasks = [
+                run_agent_spec(nc, spec, run=run, train_py=train_py, stop=stop, program_md=program, seed=seed + i,
+                               max_experiments=max_experiments, max_cost_usd=max_cost, hw_class=hw_class)
+                for i, spec in enumerate(names)
+            ]  # fmt: skip
+            for spec, stats in zip(names, await asyncio.gather(*tasks), strict=True):
+                click.echo(f"{spec}: {stats}", err=True)
+        finally:
+            await nc.close()
+
+    _run_async(main)
+
+
+def _check_agent_specs(specs: list[str]) -> None:
+    from agents.errors import SpecError
+    from agents.spec import parse_agent_spec
+
+    for s in specs:
+        try:
+            parsed = parse_agent_spec(s)
+        except SpecError as e:
+            _fail(str(e))
+        if parsed.kind == "claude" and not os.environ.get("ANTHROPIC_API_KEY") and not parsed.base_url:
+            _fail(f"{s}: set ANTHROPIC_API_KEY (or use a base URL) to run a Claude agent")
+        if parsed.kind == "openai" and not os.environ.get("OPENAI_API_KEY") and not parsed.base_url:
+            _fail(f"{s}: set OPENAI_API_KEY, or give a local server: openai:<model>@http://host:port/v1")
+
+
+# --------------------------------------------------------------------------------------------------
+# people's commands
+
+
+@cli.command()
+@nats_option
+@run_option
+@click.argument("train_py", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-m", "--description", required=True, help="What this change tries, in one line.")
+@click.option("--parent", default=ev.BASELINE, show_default=True, help="Parent hypothesis id.")
+@click.option("--hw-class", default="any", show_default=True)
+@click.option("--tier", type=click.Choice(["screen", "validate"]), default="screen", show_default=True)
+@click.option("--author", default="human", show_default=True, help="Agent name recorded for this hypothesis.")
+def submit(
+    nats_url: str,
+    run: str,
+    train_py: Path,
+    description: str,
+    parent: str,
+    hw_class: str,
+    tier: str,
+    author: str,
+) -> None:
+    """Enqueue a train.py by hand: it runs like any agent's hypothesis."""
+    from bus import publish
+
+    source = train_py.read_text()
+    try:
+        compile(source, str(train_py), "exec")
+    except SyntaxError as e:
+        _fail(f"{train_py} does not compile: {e}")
+    try:
+        ev.check_token("hardware class", hw_class)
+        ev.check_token("agent", author)
+    except ValueError as e:
+        _fail(str(e))
+    base = (REPO_ROOT / "train.py").read_text()
+    import difflib
+
+    diff = "".join(
+        difflib.unified_diff(base.splitlines(True), source.splitlines(True), "a/train.py", "b/train.py")
+    )
+    hid = f"h-{uuid.uuid4().hex[:12]}"
+    event = ev.HypothesisProposed(
+        run=run, source=author, hypothesis_id=hid, agent=author, model="human", train_py=source,
+        train_py_sha256=hashlib.sha256(source.encode()).hexdigest(), parent=parent, diff=diff,
+        description=description, tier=tier, hw_class=hw_class,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+    async def main(stop: asyncio.Event) -> None:
+        nc = await _connect(nats_url, "submit")
+        try:
+            ack = await publish(nc.jetstream(), event)
+            click.echo(f"submitted {hid} (stream seq {ack.seq}); follow it with: swarm logs {hid}")
+        finally:
+            await nc.close()
+
+    _run_async(main)
+
+
+@cli.command()
+@nats_option
+@run_option
+@click.option("-n", "--limit", default=15, show_default=True, help="Recent results to show.")
+def status(nats_url: str, run: str, limit: int) -> None:
+    """Best so far per hardware class, baselines and σ, runners, and the latest results."""
+    from rich.console import Console
+
+    from swarmcli.live import LedgerView, render_status
+
+    async def main(stop: asyncio.Event) -> None:
+        nc = await _connect(nats_url, "status")
+        try:
+            view = LedgerView(nc, run)
+            snap = await view.snapshot(limit)
+            Console().print(render_status(snap, run))
+        except TimeoutError:
+            _fail(f"no ledger answered for run {run!r}: start one with `swarm ledger` (or `swarm up`)")
+        finally:
+            await nc.close()
+
+    _run_async(main)
+
+
+@cli.command()
+@nats_option
+@run_option
+@click.argument("hypothesis_id")
+@click.option("--full", is_flag=True, help="Print the whole log (when its file is on this machine).")
+def logs(nats_url: str, run: str, hypothesis_id: str, full: bool) -> None:
+    """Show a hypothesis: its description, every attempt, and the log of each."""
+    from ledger.api import LedgerClient
+
+    async def main(stop: asyncio.Event) -> ev.ExperimentReply:
+        nc = await _connect(nats_url, "logs")
+        try:
+            return await LedgerClient(nc, run).experiment(hypothesis_id)
+        finally:
+            await nc.close()
+
+    reply = _run_async(main)
+    item = reply.item
+    if item is None:
+        _fail(f"no hypothesis {hypothesis_id!r} in run {run!r}; list recent ones with `swarm status`")
+        return
+    click.echo(f"{item.hypothesis_id}  by {item.agent}  [{item.status or 'pending'}]  val_bpb={item.val_bpb}")
+    click.echo(f"  {item.description}")
+    for a in reply.attempts:
+        what = a.get("kind")
+        click.echo(f"- {what} attempt {a.get('attempt')} on {a.get('runner')}"
+                   + (f": {a.get('status')} ({a.get('disposition')}) {a.get('reason') or ''}" if what == "finish" else ""))  # fmt: skip
+    ref = item.log_ref
+    if full and ref and Path(ref).is_file():
+        click.echo(Path(ref).read_text(errors="replace"))
+    else:
+        click.echo("\n--- log tail ---\n" + (item.log_tail or "(no log yet)"))
+
+
+@cli.command()
+@nats_option
+@run_option
+@click.option("--since", type=float, default=0.0, help="Only notes after this unix time.")
+@click.option(
+    "--write", "title", default=None, help="Write a note with this title (body from --body or stdin)."
+)
+@click.option(
+    "--body", type=click.File("r"), default=None, help="Markdown body of the note (default: stdin)."
+)
+@click.option("--program", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Change the research direction: every agent reads this program.md at its next wave.")  # fmt: skip
+def notebook(
+    nats_url: str, run: str, since: float, title: str | None, body: Any, program: Path | None
+) -> None:
+    """Read the shared notebook, write a note to it, or change the research direction."""
+    from bus import publish
+    from ledger.api import LedgerClient
+
+    program_md = program.read_text() if program is not None else None
+
+    async def main(stop: asyncio.Event) -> None:
+        nc = await _connect(nats_url, "notebook")
+        try:
+            js = nc.jetstream()
+            if program_md is not None:
+                await publish(js, ev.ProgramChanged(run=run, source="human", program_md=program_md))
+                click.echo("research direction changed; agents pick it up at their next wave")
+            if title is not None:
+                text = (body or sys.stdin).read()
+                note = ev.NoteWritten(run=run, source="human", note_id=f"n-{uuid.uuid4().hex[:12]}",
+                                      agent="human", title=title, body=text)  # fmt: skip
+                await publish(js, note)
+                click.echo(f"wrote note {note.note_id}")
+            if program is None and title is None:
+                for n in await LedgerClient(nc, run).notes(since_ts=since, limit=200):
+                    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(n.ts))
+                    click.echo(f"## {n.title}\n_{n.agent}, {stamp}_ {' '.join(n.refs)}\n\n{n.body}\n")
+        finally:
+            await nc.close()
+
+    _run_async(main)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path(".swarm/creds"),
+              show_default=True)  # fmt: skip
+def creds(out: Path) -> None:
+    """Generate per-role NATS users (agent, runner, ledger, admin) for a multi-machine swarm.
+
+    Writes auth.conf (include it in each nats-server's config) and <role>.env files (mode 0600) to
+    hand to each machine. Running it again keeps the existing passwords.
+    """
+    from bus import security
+
+    security.generate(out)
+    click.echo(f"wrote {out}/auth.conf and {', '.join(f'{r}.env' for r in security.ROLES)} (mode 0600)")
+    click.echo(
+        f"add `include {out.resolve()}/auth.conf` to the nats-server config (deploy/nats/cluster.conf)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# analysis
+
+
+def _open_db(db: Path) -> Any:
+    from swarmcli.report import open_ledger
+
+    if not db.exists():
+        _fail(f"no ledger file at {db}; pass --db (swarm up writes .swarm/<run>/ledger.duckdb)")
+    return open_ledger(db)
+
+
+@cli.command()
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Ledger DuckDB file."
+)
+@click.option("--run", default=None, help="Run to report on (default: every run in the ledger).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
+              show_default=True)  # fmt: skip
+def report(db: Path, run: str | None, out: Path) -> None:
+    """Write one self-contained HTML report (opens offline): progress, agents, runners, leaderboard, notebook."""
+    from swarmcli.report import write_report
+
+    con = _open_db(db)
+    path = write_report(con, out, run=run)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Ledger DuckDB file."
+)
+@click.option("--runs", default=None, help="Comma-separated runs (default: all runs in the ledger).")
+@click.option("--by", type=click.Choice(["agent", "model"]), default="agent", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def compare(db: Path, runs: str | None, by: str, as_json: bool) -> None:
+    """Agents or models head to head: best val_bpb with a CI, improvement per GPU-hour, $ per improvement,
+    crash rate, and the GPU-seconds each one got (the fairness figure)."""
+    import json
+
+    from rich.console import Console
+
+    from swarmcli.compare import compare as do_compare
+    from swarmcli.compare import render_table
+
+    con = _open_db(db)
+    result = do_compare(con, runs=runs.split(",") if runs else None, by=by)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        Console().print(render_table(result))
+
+
+@cli.command()
+@click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Ledger DuckDB file."
+)
+@click.option("--parquet", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write every table to Parquet files in this directory (an archive `swarm replay` reads).")  # fmt: skip
+@click.option("--git", "git_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write a git repo: each kept hypothesis a commit on a per-agent branch <run>/<agent>.")  # fmt: skip
+@click.option("--run", default=None, help="Only this run (git export).")
+def export(db: Path, parquet: Path | None, git_dir: Path | None, run: str | None) -> None:
+    """Export the ledger: Parquet (DuckDB CLI, pandas, polars read it) and/or a git history of kept changes."""
+    if parquet is None and git_dir is None:
+        _fail("say what to export: --parquet DIR and/or --git DIR")
+    con = _open_db(db)
+    if parquet is not None:
+        from ledger.export import export_parquet
+
+        counts = export_parquet(con, parquet)
+        click.echo(f"wrote {len(counts)} tables ({sum(counts.values())} rows) to {parquet}")
+    if git_dir is not None:
+        from swarmcli.gitexport import export_git
+
+        heads = export_git(con, git_dir, run=run)
+        for branch, sha in sorted(heads.items()):
+            click.echo(f"{branch} {sha}")
+
+
+@cli.command()
+@nats_option
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The new DuckDB file to build (must not exist).")  # fmt: skip
+@click.option("--archive", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Rebuild from a Parquet archive (swarm export --parquet) instead of the stream.")  # fmt: skip
+@click.option("--since", default=None, help="Stream replay from this time (ISO 8601, e.g. 2026-11-22T10:00).")
+def replay(nats_url: str, db: Path, archive: Path | None, since: str | None) -> None:
+    """Rebuild a ledger from the event stream (from the start or a time) or from an exported archive."""
+    import datetime as dt
+
+    from ledger.replay import replay_archive, replay_stream
+    from ledger.schema import connect_db
+
+    if db.exists():
+        _fail(f"{db} exists; replay builds a fresh ledger: pick a new --db path")
+    start = None
+    if since:
+        try:
+            start = dt.datetime.fromisoformat(since)
+        except ValueError:
+            _fail(f"--since {since!r} is not an ISO 8601 time such as 2026-11-22T10:00")
+    start_ts = None if start is None else (start if start.tzinfo else start.astimezone()).timestamp()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = connect_db(str(db))
+    t0 = time.perf_counter()
+    if archive is not None:
+        last = replay_archive(archive, con)
+    else:
+
+        async def main(stop: asyncio.Event) -> int:
+            nc = await _connect(nats_url, "replay")
+            try:
+                return await replay_stream(nc.jetstream(), con, start_time=start_ts)
+            finally:
+                await nc.close()
+
+        last = _run_async(main)
+    con.close()
+    click.echo(f"replayed the stream up to sequence {last} into {db} in {time.perf_counter() - t0:.1f} s")
+
+
+# --------------------------------------------------------------------------------------------------
+# the embedded default
+
+from swarmcli.up import up  # noqa: E402  (registers `swarm up`)
+
+cli.add_command(up)
+
+
+def main() -> None:
+    cli(prog_name="swarm")
+
+
+if __name__ == "__main__":
+    main()

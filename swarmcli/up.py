@@ -1,0 +1,360 @@
+"""``swarm up``: a whole swarm on this machine — the embedded nats-server, the ledger, runners and agents —
+with a live view, a clean stop on Ctrl-C, and the report at the end.
+
+Shutdown order (nothing lost): agents stop proposing; runners finish or give back what they hold; the
+ledger projects everything in the stream; the report is written; the server stops last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from swarmcli.main import REPO_ROOT, _check_agent_specs, _fail, _run_async
+
+DEFAULT_LLM_AGENTS = {"ANTHROPIC_API_KEY": "claude:claude-sonnet-4-5", "OPENAI_API_KEY": "openai:gpt-5"}
+
+
+@dataclass
+class UpConfig:
+    run: str
+    state_dir: Path
+    agents: list[str]
+    runners: int
+    threads: int | None
+    gpus: list[int]
+    executor: str
+    max_experiments: int
+    budget_seconds: float | None
+    baseline_repeats: int
+    time_scale: float
+    duration: float | None
+    host: str
+    port: int | None
+    live: bool
+    report: Path
+    calibrate: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@click.command()
+@click.option(
+    "--run", default=None, help="Run name (default: a new one, up-YYYYmmdd-HHMMSS). Reuse one to resume it."
+)
+@click.option("--agents", "agent_specs", default=None,
+              help="Comma-separated agent specs: optuna, random, claude:<model>, openai:<model>[@<base_url>]. "
+                   "Default: optuna,random plus Claude/OpenAI agents whose API key is set.")  # fmt: skip
+@click.option(
+    "--runners", type=int, default=None, help="Runners to start (default: one per GPU, or one CPU runner)."
+)
+@click.option("--threads", type=int, default=None, help="Threads per CPU runner (default: cores / runners).")
+@click.option(
+    "--executor", type=click.Choice(["process", "docker", "simulated"]), default="process", show_default=True
+)
+@click.option("--max-experiments", type=int, default=10, show_default=True,
+              help="Hypotheses the agents propose in all (baselines not counted).")  # fmt: skip
+@click.option("--budget-seconds", type=float, default=None,
+              help="Training budget per experiment (default: 30 on CPU, 300 on GPU).")  # fmt: skip
+@click.option("--baseline-repeats", type=int, default=3, show_default=True,
+              help="Runs of the unmodified train.py per hardware class (baseline mean and σ).")  # fmt: skip
+@click.option(
+    "--time-scale",
+    type=float,
+    default=0.01,
+    show_default=True,
+    help="Simulated executor: wall s per simulated s.",
+)
+@click.option(
+    "--duration", type=float, default=None, help="Stop after this many wall seconds, whatever is left."
+)
+@click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".swarm"), show_default=True
+)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Where the embedded nats-server listens (0.0.0.0 lets runners on other machines join).")  # fmt: skip
+@click.option(
+    "--port", type=int, default=None, help="Its client port (default 4222, or a free one if taken)."
+)
+@click.option("--live/--no-live", default=None, help="Live view (default: when stdout is a terminal).")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the HTML report at the end (default: <state-dir>/<run>/report.html).")  # fmt: skip
+@click.option(
+    "--calibrate/--no-calibrate",
+    default=True,
+    show_default=True,
+    help="Runners measure the baseline's steps/s once.",
+)
+def up(
+    run: str | None,
+    agent_specs: str | None,
+    runners: int | None,
+    threads: int | None,
+    executor: str,
+    max_experiments: int,
+    budget_seconds: float | None,
+    baseline_repeats: int,
+    time_scale: float,
+    duration: float | None,
+    state_dir: Path,
+    host: str,
+    port: int | None,
+    live: bool | None,
+    report: Path | None,
+    calibrate: bool,
+) -> None:
+    """Run a whole swarm on this machine: nats-server, ledger, runners, agents; Ctrl-C stops cleanly.
+
+    With no GPU and no API key it still runs for real: the CPU-sized train.py on the offline corpus,
+    with Optuna and random-search agents. At the end it writes the HTML report.
+    """
+    from bus.events import check_token
+
+    run = run or time.strftime("up-%Y%m%d-%H%M%S")
+    try:
+        check_token("run", run)
+    except ValueError as e:
+        _fail(str(e))
+    if agent_specs:
+        agents = [s.strip() for s in agent_specs.split(",") if s.strip()]
+    else:
+        agents = ["optuna", "random"] + [
+            spec for key, spec in DEFAULT_LLM_AGENTS.items() if os.environ.get(key)
+        ]
+    _check_agent_specs(agents)
+    gpus = list(range(_gpu_count())) if executor != "simulated" else []
+    if runners is None:
+        runners = len(gpus) or 1
+    if gpus and runners > len(gpus):
+        _fail(f"--runners {runners} but only {len(gpus)} GPUs: one runner per GPU")
+    if not gpus and threads is None and executor != "simulated":
+        threads = max(1, (os.cpu_count() or 1) // runners)
+    if budget_seconds is None and not gpus and executor != "simulated":
+        budget_seconds = 30.0
+    cfg = UpConfig(
+        run=run, state_dir=state_dir, agents=agents, runners=runners, threads=threads, gpus=gpus[:runners],
+        executor=executor, max_experiments=max_experiments, budget_seconds=budget_seconds,
+        baseline_repeats=baseline_repeats, time_scale=time_scale, duration=duration, host=host, port=port,
+        live=sys.stdout.isatty() if live is None else live,
+        report=report or state_dir / run / "report.html", calibrate=calibrate,
+    )  # fmt: skip
+    _run_async(lambda stop: run_up(cfg, stop))
+
+
+async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
+    """The body of ``swarm up`` (tests call it directly with a stop event)."""
+    from agents.spec import run_agent_spec
+    from bus import EmbeddedServer, connect, setup
+    from ledger.projector import Projector
+    from ledger.service import run_ledger
+    from runner.config import RunnerConfig
+    from runner.daemon import run_runner
+    from swarmcli.live import LedgerView, render_status
+
+    say = click.echo
+    run_dir = cfg.state_dir / cfg.run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = cfg.port if cfg.port is not None else (4222 if _port_free(cfg.host, 4222) else None)
+    server = EmbeddedServer(
+        cfg.state_dir / "nats", host=cfg.host, port=port, log_file=cfg.state_dir / "nats.log"
+    )
+    await asyncio.to_thread(server.start)
+    url = server.url if cfg.host != "0.0.0.0" else f"nats://127.0.0.1:{server.port}"
+    say(f"swarm up: run {cfg.run}, nats {server.url}, state {cfg.state_dir}", err=True)
+    say(f"  agents {', '.join(cfg.agents)}; {cfg.runners} {cfg.executor} runner(s)"
+        + (f" with {cfg.threads} threads" if cfg.threads else "")
+        + (f"; budget {cfg.budget_seconds:.0f} s" if cfg.budget_seconds else ""), err=True)  # fmt: skip
+
+    nc = await connect(url, name="swarm-up")
+    tasks: dict[str, asyncio.Task[Any]] = {}
+    ledger_stop, runner_stop, agent_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    ledger_ready = asyncio.Event()
+    projector_box: list[Projector] = []
+    view: LedgerView | None = None
+    t0 = time.monotonic()
+    try:
+        await setup(nc.jetstream())
+        tasks["ledger"] = asyncio.create_task(
+            run_ledger(
+                nc,
+                cfg.state_dir / "ledger.duckdb",
+                stop=ledger_stop,
+                ready=ledger_ready,
+                projector_out=projector_box,
+            )
+        )
+        await _wait_or_fail(ledger_ready, tasks, "the ledger did not start")
+        for i in range(cfg.runners):
+            gpu = cfg.gpus[i] if cfg.gpus else None
+            rc = RunnerConfig(
+                nats_urls=(url,), run=cfg.run, runner_id=f"{socket.gethostname()[:30]}-r{i}".replace(".", "-"),
+                executor=cfg.executor, state_dir=run_dir / f"runner{i}", budget_seconds=cfg.budget_seconds,
+                gpu=gpu, threads=cfg.threads, time_scale=cfg.time_scale, calibrate=cfg.calibrate,
+            )  # fmt: skip
+            tasks[f"runner{i}"] = asyncio.create_task(run_runner(rc, stop=runner_stop))
+        shares = _split(cfg.max_experiments, len(cfg.agents))
+        for i, spec in enumerate(cfg.agents):
+            tasks[f"agent:{spec}"] = asyncio.create_task(
+                run_agent_spec(
+                    nc,
+                    spec,
+                    run=cfg.run,
+                    train_py=REPO_ROOT / "train.py",
+                    stop=agent_stop,
+                    seed=i,
+                    max_experiments=shares[i],
+                    baseline_repeats=cfg.baseline_repeats,
+                    hw_class="any",
+                    budget_seconds=cfg.budget_seconds,
+                )
+            )
+        view = LedgerView(nc, cfg.run)
+        await view.follow_progress()
+        await _watch(cfg, stop, tasks, view, render_status, t0)
+    finally:
+        # stop in order: agents, runners (give back what they hold), then let the ledger catch up
+        agent_stop.set()
+        await _gather(tasks, "agent:")
+        runner_stop.set()
+        await _gather(tasks, "runner")
+        if projector_box and not tasks["ledger"].done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(projector_box[0].wait_for_stream(), 60)
+        if view is not None:
+            with contextlib.suppress(Exception):
+                snap = await view.snapshot(20)
+                from rich.console import Console
+
+                Console().print(render_status(snap, cfg.run, header=f"{time.monotonic() - t0:.0f} s"))
+            await view.close()
+        ledger_stop.set()
+        await _gather(tasks, "ledger")
+        await nc.close()
+        await asyncio.to_thread(server.stop)
+    _write_report(cfg)
+
+
+def _split(total: int, n: int) -> list[int]:
+    return [total // n + (1 if i < total % n else 0) for i in range(n)]
+
+
+async def _wait_or_fail(event: asyncio.Event, tasks: dict[str, asyncio.Task[Any]], what: str) -> None:
+    waiter = asyncio.create_task(event.wait())
+    done, _ = await asyncio.wait([waiter, *tasks.values()], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        waiter.cancel()
+        for name, t in tasks.items():
+            if t in done and t.exception():
+                raise click.ClickException(f"{what}: {name} failed: {t.exception()}")
+        raise click.ClickException(what)
+
+
+async def _gather(tasks: dict[str, asyncio.Task[Any]], prefix: str, timeout: float = 600) -> None:
+    chosen = [t for name, t in tasks.items() if name.startswith(prefix)]
+    if not chosen:
+        return
+    done, pending = await asyncio.wait(chosen, timeout=timeout)
+    for t in pending:
+        t.cancel()
+    for name, t in tasks.items():
+        if t in done and not t.cancelled() and t.exception() is not None:
+            click.echo(f"{name} failed: {t.exception()!r}", err=True)
+
+
+async def _watch(
+    cfg: UpConfig, stop: asyncio.Event, tasks: dict[str, asyncio.Task[Any]], view: Any, render: Any, t0: float
+) -> None:
+    """Show progress until the agents are done, a service fails, the duration is up, or Ctrl-C."""
+    from rich.console import Console
+    from rich.live import Live
+
+    agents = [t for name, t in tasks.items() if name.startswith("agent:")]
+    services = [t for name, t in tasks.items() if not name.startswith("agent:")]
+    console = Console()
+    live = Live(console=console, refresh_per_second=2, transient=False) if cfg.live else None
+    seen_finished = 0
+    if live:
+        live.start()
+    try:
+        while not stop.is_set():
+            if all(t.done() for t in agents):
+                break
+            if any(t.done() for t in services):
+                failed = [n for n, t in tasks.items() if t in services and t.done()]
+                console.print(f"[red]stopping: {', '.join(failed)} ended unexpectedly[/red]")
+                break
+            if cfg.duration is not None and time.monotonic() - t0 > cfg.duration:
+                console.print(f"duration of {cfg.duration:.0f} s reached; stopping")
+                break
+            try:
+                snap = await view.snapshot()
+            except Exception:  # the ledger may be busy catching up: show the last view
+                snap = None
+            if snap is not None:
+                if live:
+                    live.update(
+                        render(snap, cfg.run, header=f"{time.monotonic() - t0:.0f} s  (Ctrl-C stops cleanly)")
+                    )
+                elif snap.counts["finished"] != seen_finished:
+                    seen_finished = snap.counts["finished"]
+                    latest = snap.context.recent[0] if snap.context.recent else None
+                    best = min((b.val_bpb for b in snap.context.best), default=None)
+                    console.print(
+                        f"[{time.monotonic() - t0:5.0f} s] finished {seen_finished}/{snap.counts['proposed']}"
+                        + (
+                            f"  latest {latest.agent} {latest.status} val_bpb={latest.val_bpb}"
+                            if latest
+                            else ""
+                        )
+                        + (f"  best {best:.4f}" if best is not None else "")
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        if live:
+            live.stop()
+
+
+def _write_report(cfg: UpConfig) -> None:
+    from swarmcli.report import open_ledger, write_report
+
+    db = cfg.state_dir / "ledger.duckdb"
+    try:
+        con = open_ledger(db)
+        try:
+            path = write_report(con, cfg.report, run=cfg.run)
+        finally:
+            con.close()
+        click.echo(
+            f"report: {path}  (open it in a browser; `swarm report --db {db} --run {cfg.run}` rewrites it)"
+        )
+    except Exception as e:  # the run's results are safe in the ledger; say how to retry
+        click.echo(
+            f"could not write the report ({e!r}); retry: swarm report --db {db} --run {cfg.run}", err=True
+        )
