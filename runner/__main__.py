@@ -1,0 +1,100 @@
+"""``python -m runner``: one runner process (the ``swarm runner`` CLI wires the same config).
+
+SIGTERM / SIGINT set the stop event: stop claiming, finish or give back the running item, leave, drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from runner.config import RunnerConfig
+from runner.daemon import run_runner
+
+
+def parse_args(argv: list[str] | None = None) -> RunnerConfig:
+    p = argparse.ArgumentParser(prog="python -m runner", description="swarm runner daemon")
+    p.add_argument("--nats", default="nats://127.0.0.1:4222", help="comma-separated server URLs")
+    p.add_argument("--run", default="default")
+    p.add_argument("--id", default="", help="runner id (default: host-gpuN or host-pPID)")
+    p.add_argument("--classes", default="", help="comma-separated hardware classes, most specific first")
+    p.add_argument("--hw-class", default="")
+    p.add_argument("--executor", default="process", choices=["process", "docker", "simulated"])
+    p.add_argument("--state-dir", default=".swarm/runner")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--profile", default="", choices=["", "cpu", "gpu"])
+    p.add_argument("--budget", type=float, default=None)
+    p.add_argument("--startup-seconds", type=float, default=None)
+    p.add_argument("--eval-seconds", type=float, default=None)
+    p.add_argument("--ack-wait", type=float, default=120.0)
+    p.add_argument("--max-deliver", type=int, default=5)
+    p.add_argument("--gpu", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--time-scale", type=float, default=1.0)
+    p.add_argument("--burst", action="store_true")
+    p.add_argument("--max-experiments", type=int, default=None)
+    p.add_argument("--no-calibrate", action="store_true")
+    p.add_argument("--no-prefetch", action="store_true")
+    p.add_argument("--stop-grace", type=float, default=30.0)
+    p.add_argument("--fetch-timeout", type=float, default=5.0)
+    p.add_argument("--isolation", default="auto", choices=["auto", "namespace", "none"])
+    p.add_argument("--docker-image", default="swarm-runner:latest")
+    p.add_argument("--prepare-py", default=None)
+    p.add_argument("--baseline-train-py", default=None)
+    p.add_argument("-v", "--verbose", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if a.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )
+    extra: dict[str, object] = {}
+    if a.prepare_py:
+        extra["prepare_py"] = Path(a.prepare_py)
+    if a.baseline_train_py:
+        extra["baseline_train_py"] = Path(a.baseline_train_py)
+    return RunnerConfig(
+        nats_urls=tuple(u.strip() for u in a.nats.split(",") if u.strip()),
+        run=a.run,
+        runner_id=a.id,
+        classes=tuple(c for c in a.classes.split(",") if c),
+        hw_class=a.hw_class,
+        executor=a.executor,
+        state_dir=Path(a.state_dir),
+        cache_dir=Path(a.cache_dir) if a.cache_dir else None,
+        profile=a.profile,
+        budget_seconds=a.budget,
+        startup_seconds=a.startup_seconds,
+        eval_seconds=a.eval_seconds,
+        ack_wait=a.ack_wait,
+        max_deliver=a.max_deliver,
+        gpu=a.gpu,
+        threads=a.threads,
+        time_scale=a.time_scale,
+        burst=a.burst,
+        max_experiments=a.max_experiments,
+        calibrate=not a.no_calibrate,
+        prefetch=not a.no_prefetch,
+        stop_grace_seconds=a.stop_grace,
+        fetch_timeout=a.fetch_timeout,
+        isolation=a.isolation,
+        docker_image=a.docker_image,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def _main(config: RunnerConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run_runner(config, stop=stop)
+
+
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(_main(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Errors of the runner package. Each message says what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class RunnerError(Exception):
+    """Base class of runner errors."""
+
+
+class ContractViolation(RunnerError):
+    """A train.py breaks the experiment contract (module-level side effects, bad sha256, unparsable)."""
+
+
+class ExecutorUnavailable(RunnerError):
+    """The chosen executor cannot run here (no Docker engine, no image, no pristine prepare.py...)."""
+
+
+class PrepareFailed(RunnerError):
+    """The node's data and tokenizer could not be prepared (prepare.py's ensure_prepared failed)."""
