@@ -118,10 +118,10 @@ def render_status(snap: Snapshot, run: str, *, header: str = "") -> RenderableTy
     if ctx.recent:
         t = Table(title="recent results", title_justify="left")
         for col in ("hypothesis", "agent", "status", "val_bpb", "on", "decision", "description"):
-            t.add_column(col, overflow="ellipsis", no_wrap=col != "description")
+            t.add_column(col, overflow="ellipsis", no_wrap=True, max_width=60 if col == "description" else 16)
         for e in ctx.recent:
             style = "green" if e.decision == "keep" else ("red" if e.status not in (None, "ok") else "")
             t.add_row(e.hypothesis_id[:14], e.agent, e.status or "pending", _bpb(e.val_bpb), e.ran_on or "-",
-                      e.decision or "-", (e.description or "")[:70], style=style)  # fmt: skip
+                      e.decision or "-", " ".join((e.description or "").split())[:120], style=style)  # fmt: skip
         parts.append(t)
     return Group(*parts)

@@ -219,6 +219,9 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
             )  # fmt: skip
             tasks[f"runner{i}"] = asyncio.create_task(run_runner(rc, stop=runner_stop))
         shares = _split(cfg.max_experiments, len(cfg.agents))
+        # runners on a machine without a GPU are of class cpu: agents address cpu work (and edit the cpu
+        # profile's knobs); GPU runners serve their own class and `any`
+        hw_class = "any" if cfg.gpus or await asyncio.to_thread(_gpu_count) else "cpu"
         for i, spec in enumerate(cfg.agents):
             tasks[f"agent:{spec}"] = asyncio.create_task(
                 run_agent_spec(
@@ -230,7 +233,7 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
                     seed=i,
                     max_experiments=shares[i],
                     baseline_repeats=cfg.baseline_repeats,
-                    hw_class="any",
+                    hw_class=hw_class,
                     budget_seconds=cfg.budget_seconds,
                 )
             )

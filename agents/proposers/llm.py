@@ -1,0 +1,289 @@
+"""What the two LLM proposers share: the tools, the prompt, parsing tool input, retries and accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from agents.edits import Edit
+from agents.knobs import parse_knobs
+from agents.pricing import cost_usd
+from agents.proposers.base import AgentContext, LlmCall, NoteDraft, ProposalBatch, ProposalDraft, Rejection
+
+log = logging.getLogger("swarm.agents.llm")
+
+PROPOSE_TOOL = "propose_experiments"
+NOTE_TOOL = "write_note"
+
+PROPOSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "experiments": {
+            "type": "array",
+            "description": "The wave: independent experiments, each a set of edits to the parent train.py.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "description": {"type": "string", "description": "What changes, in a few words."},
+                    "rationale": {"type": "string", "description": "Why it might lower val_bpb."},
+                    "edits": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "search": {"type": "string", "description": "Exact text of train.py, unique."},
+                                "replace": {"type": "string"},
+                            },
+                            "required": ["search", "replace"],
+                        },
+                    },
+                    "tier": {"type": "string", "enum": ["screen", "validate"]},
+                },
+                "required": ["description", "edits"],
+            },
+        }
+    },
+    "required": ["experiments"],
+}
+
+NOTE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string"},
+        "body": {"type": "string", "description": "Markdown: what was learned, with hypothesis ids."},
+    },
+    "required": ["title", "body"],
+}
+
+PROPOSE_DESCRIPTION = (
+    "Submit a wave of experiments. Each is a list of search/replace edits applied to the parent train.py "
+    "(each search text must occur exactly once). Tier 'screen' for new ideas, 'validate' to re-check one."
+)
+NOTE_DESCRIPTION = "Write a short note to the shared notebook: what the last results taught you."
+
+SYSTEM_TEMPLATE = """You are {agent}, one researcher in a swarm of agents improving train.py together.
+Every agent proposes experiments; runners execute them; the shared ledger records every result.
+You edit only train.py, with search/replace blocks against the parent train.py shown below.
+
+{program_md}
+
+How to answer: call `{propose}` once with up to {k} experiments (a factorial grid or a sweep exposes more
+than single changes), and call `{note}` with a short note of what the latest results taught you.
+Differences smaller than the σ of a hardware class are noise. Never repeat an experiment already run."""
+
+MAX_TAIL = 1500
+MAX_NOTE_BODY = 600
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4f}"
+
+
+def system_prompt(ctx: AgentContext, k: int) -> str:
+    return SYSTEM_TEMPLATE.format(
+        agent=ctx.agent, program_md=ctx.program_md.strip(), propose=PROPOSE_TOOL, note=NOTE_TOOL, k=k
+    )
+
+
+def user_prompt(ctx: AgentContext, k: int) -> str:
+    """The context of one wave, as markdown."""
+    r = ctx.reply
+    out: list[str] = [f"# Wave {ctx.wave}: propose up to {k} experiments (hardware request: {ctx.hw_class})"]
+    out.append("\n## Hardware classes (baseline mean and noise σ of val_bpb)")
+    for s in r.stats:
+        sigma = ctx.sigma.get(s.hw_class, s.sigma)
+        out.append(
+            f"- {s.hw_class}: baseline {_fmt(s.baseline_mean)} over {s.baseline_runs} runs, "
+            f"σ {_fmt(sigma)}, {s.runners_online} runners online"
+        )
+    out.append(f"- runners online {r.runners_online}, experiments pending {r.pending}")
+    out.append("\n## Best so far per hardware class")
+    for b in r.best:
+        out.append(f"- {b.hw_class}: {b.val_bpb:.4f} by {b.agent} ({b.hypothesis_id[:8]}): {b.description}")
+    if r.lineage:
+        out.append("\n## Your lineage (kept, oldest first)")
+        for e in r.lineage:
+            out.append(f"- {e.hypothesis_id[:8]} {_fmt(e.val_bpb)} on {e.ran_on or e.hw_class}: {e.description}")
+    if ctx.results:
+        out.append("\n## Your results since your last turn")
+        for x in ctx.results:
+            out.append(f"- {x.hypothesis_id[:8]} {x.status} {_fmt(x.val_bpb)} on {x.hw_class}: {x.description}")
+    out.append("\n## Recent results of all agents (newest first)")
+    out.append("| id | agent | status | val_bpb | class | decision | description |\n|---|---|---|---|---|---|---|")
+    for e in r.recent:
+        out.append(
+            f"| {e.hypothesis_id[:8]} | {e.agent} | {e.status or 'pending'} | {_fmt(e.val_bpb)} | "
+            f"{e.ran_on or e.hw_class} | {e.decision or ''} | {e.description[:100]} |"
+        )
+    if r.notes:
+        out.append("\n## Notebook: notes since your last look")
+        for n in r.notes:
+            out.append(f"### {n.title} ({n.agent})\n{n.body[:MAX_NOTE_BODY]}")
+    if ctx.rejections:
+        out.append("\n## Your previous turn: proposals that were rejected (fix these mistakes)")
+        for rej in ctx.rejections:
+            out.append(f"- {rej.description or '(no description)'}: {rej.reason}")
+    if ctx.crashes:
+        out.append("\n## Your experiments that failed (traceback tails)")
+        for c in ctx.crashes:
+            out.append(f"### {c.hypothesis_id[:8]} {c.status}: {c.description}\n{c.reason}\n```\n{c.log_tail[-MAX_TAIL:]}\n```")
+    knobs = parse_knobs(ctx.parent_source)
+    if knobs:
+        out.append("\n## Knobs of the parent train.py")
+        out.append(", ".join(f"{k.name}={k.source_text}" for k in knobs.values()))
+    out.append(
+        f"\n## Parent train.py ({ctx.parent_id}, val_bpb {_fmt(ctx.parent_val_bpb)}); your edits apply to this\n"
+        f"```python\n{ctx.parent_source}\n```"
+    )
+    return "\n".join(out)
+
+
+def parse_tool_input(name: str, args: Any, batch: ProposalBatch) -> None:
+    """Turn one tool call's input into drafts, notes or rejections (never raises)."""
+    if name == NOTE_TOOL:
+        if isinstance(args, Mapping) and isinstance(args.get("title"), str) and isinstance(args.get("body"), str):
+            batch.notes.append(NoteDraft(args["title"][:200], args["body"][:20_000]))
+        else:
+            batch.rejections.append(Rejection(f"{NOTE_TOOL} needs string fields title and body", excerpt=_ex(args)))
+        return
+    if name != PROPOSE_TOOL:
+        batch.rejections.append(Rejection(f"unknown tool {name!r}; use {PROPOSE_TOOL} or {NOTE_TOOL}"))
+        return
+    experiments = args.get("experiments") if isinstance(args, Mapping) else None
+    if not isinstance(experiments, list):
+        batch.rejections.append(Rejection(f"{PROPOSE_TOOL} needs a list field 'experiments'", excerpt=_ex(args)))
+        return
+    for exp in experiments:
+        if not isinstance(exp, Mapping):
+            batch.rejections.append(Rejection("an experiment must be an object", excerpt=_ex(exp)))
+            continue
+        desc = exp.get("description")
+        desc = desc if isinstance(desc, str) else ""
+        edits_raw = exp.get("edits")
+        edits: list[Edit] = []
+        bad = not isinstance(edits_raw, list) or not edits_raw
+        for e in edits_raw if isinstance(edits_raw, list) else []:
+            if isinstance(e, Mapping) and isinstance(e.get("search"), str) and isinstance(e.get("replace"), str):
+                edits.append(Edit(e["search"], e["replace"], str(e.get("file") or "train.py")))
+            else:
+                bad = True
+        if bad:
+            batch.rejections.append(
+                Rejection("edits must be a non-empty list of {search: str, replace: str}", desc, _ex(edits_raw))
+            )
+            continue
+        tier = exp.get("tier", "screen")
+        rationale = exp.get("rationale")
+        batch.proposals.append(
+            ProposalDraft(
+                description=desc[:500] or "(no description)",
+                rationale=rationale[:4000] if isinstance(rationale, str) else "",
+                edits=edits,
+                tier="validate" if tier == "validate" else "screen",
+            )
+        )
+
+
+def parse_json_args(name: str, raw: str, batch: ProposalBatch) -> None:
+    try:
+        args = json.loads(raw)
+    except (json.JSONDecodeError, TypeError) as e:
+        batch.rejections.append(Rejection(f"{name}: arguments are not valid JSON ({e})", excerpt=_ex(raw)))
+        return
+    parse_tool_input(name, args, batch)
+
+
+def _ex(x: Any, n: int = 200) -> str:
+    s = x if isinstance(x, str) else repr(x)
+    return s[:n]
+
+
+# --------------------------------------------------------------------------------------------------
+# retries and accounting
+
+T = TypeVar("T")
+
+
+@dataclass
+class LlmSettings:
+    """Settings of an LLM proposer (the API key is never logged or put into an event)."""
+
+    model: str
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    max_tokens: int = 8192
+    temperature: float | None = None
+    timeout: float = 300.0
+    sdk_max_retries: int = 2  # the SDK's own retries (honours retry-after)
+    attempts: int = 3  # our bounded loop around the SDK
+    backoff: float = 2.0  # seconds, doubled per attempt, jittered
+    max_backoff: float = 60.0
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def redact(text: str, secret: str | None) -> str:
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+async def call_with_retries(
+    settings: LlmSettings,
+    provider: str,
+    fn: Callable[[], Awaitable[T]],
+    retryable: tuple[type[BaseException], ...],
+    fatal: tuple[type[BaseException], ...],
+    retry_after: Callable[[BaseException], float | None],
+) -> tuple[T | None, LlmCall | None]:
+    """Call ``fn`` up to ``settings.attempts`` times with jittered exponential backoff (or the server's
+    retry-after). Returns the result, or ``None`` and a failed :class:`LlmCall` describing the last error."""
+    start = time.monotonic()
+    last: BaseException | None = None
+    for attempt in range(settings.attempts):
+        try:
+            return await fn(), None
+        except retryable as e:  # before fatal: a 429 is also an APIStatusError
+            last = e
+            if attempt + 1 == settings.attempts:
+                break
+            delay = retry_after(e)
+            if delay is None:
+                delay = settings.backoff * 2**attempt * (0.5 + random.random())
+            delay = min(max(delay, 0.0), settings.max_backoff)
+            log.warning("%s %s: %s; retry %d in %.1fs", provider, settings.model, type(e).__name__, attempt + 1, delay)
+            await asyncio.sleep(delay)
+        except fatal as e:
+            last = e
+            break
+    err = redact(f"{type(last).__name__}: {last}", settings.api_key)[:1000]
+    log.error("%s %s: giving up: %s", provider, settings.model, err)
+    return None, LlmCall(provider, settings.model, latency_seconds=time.monotonic() - start, ok=False, error=err)
+
+
+def usage_call(settings: LlmSettings, provider: str, tokens_in: int, tokens_out: int, latency: float) -> LlmCall:
+    return LlmCall(
+        provider,
+        settings.model,
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        cost_usd=cost_usd(settings.model, tokens_in, tokens_out, settings.prices),
+        latency_seconds=latency,
+    )
+
+
+def header_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    if not headers:
+        return None
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None

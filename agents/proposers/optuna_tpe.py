@@ -1,0 +1,97 @@
+"""Optuna TPE over train.py's knob space, told every result in the ledger (other agents' included)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from agents.knobs import KnobSpec, search_space
+from agents.proposers.base import AgentContext, ProposalBatch, Result
+from agents.proposers.knob_search import in_space, knob_draft
+
+MAX_TRIES = 30
+
+
+def distribution(spec: KnobSpec) -> BaseDistribution:
+    if spec.kind == "choice":
+        return CategoricalDistribution(list(spec.choices))
+    if spec.kind == "int":
+        if spec.log:
+            return IntDistribution(int(spec.low), int(spec.high), log=True)
+        return IntDistribution(int(spec.low), int(spec.high), step=spec.step or 1)
+    return FloatDistribution(spec.low, spec.high, log=spec.log)
+
+
+class OptunaProposer:
+    provider = "optuna"
+    model = "tpe"
+    strategy = "optuna TPE over knobs"
+    writes_notes = False
+
+    def __init__(
+        self,
+        base_source: str,
+        *,
+        seed: int = 0,
+        space: list[KnobSpec] | None = None,
+        device: str | None = None,
+        n_startup_trials: int = 8,
+    ) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.space = space if space is not None else search_space(base_source, device=device)
+        self.dists: dict[str, BaseDistribution] = {s.name: distribution(s) for s in self.space}
+        with warnings.catch_warnings():  # constant_liar is "experimental"
+            warnings.simplefilter("ignore")
+            sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials, constant_liar=True)
+        self.study = optuna.create_study(direction="minimize", sampler=sampler)
+        self._trials: dict[str, optuna.trial.Trial] = {}  # own hypothesis id -> trial
+        self._told: set[str] = set()
+
+    async def propose(self, context: AgentContext, k: int) -> ProposalBatch:
+        batch = ProposalBatch()
+        if not self.dists:
+            return batch
+        wave: set[str] = set()
+        for _ in range(k):
+            for _ in range(MAX_TRIES):
+                trial = self.study.ask(self.dists)
+                draft = knob_draft(context, trial.params, f"tpe#{trial.number}")
+                if draft is None or draft.source in wave:
+                    # an already-run point: tell TPE it failed, so it moves on instead of asking again
+                    self.study.tell(trial, state=TrialState.FAIL)
+                    continue
+                assert draft.source is not None
+                wave.add(draft.source)
+                self._trials[draft.hypothesis_id] = trial
+                batch.proposals.append(draft)
+                break
+        return batch
+
+    async def observe(self, results: Sequence[Result]) -> None:
+        for r in results:
+            if r.hypothesis_id in self._told:
+                continue
+            self._told.add(r.hypothesis_id)
+            trial = self._trials.pop(r.hypothesis_id, None)
+            ok = r.status == "ok" and r.val_bpb is not None
+            if trial is not None:
+                if ok:
+                    self.study.tell(trial, r.val_bpb)
+                else:
+                    self.study.tell(trial, state=TrialState.FAIL)
+                continue
+            if not ok:
+                continue
+            params: dict[str, Any] = in_space(self.space, r.knobs)
+            if not params:
+                continue
+            dists = {n: self.dists[n] for n in params}
+            self.study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=r.val_bpb))
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,134 @@
+"""Agent specs as the CLI gives them, and the entry point that runs one agent.
+
+Specs: ``optuna``, ``random``, ``claude:<model>``, ``openai:<model>``, ``openai:<model>@<base_url>``
+(``claude:<model>@<base_url>`` works too, e.g. for a proxy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nats.aio.client import Client as NATS
+
+from agents.errors import SpecError
+from agents.loop import AgentConfig, AgentStats, run_agent
+from agents.proposers.base import Proposer
+from agents.proposers.llm import LlmSettings
+
+DEFAULT_PROGRAM = Path(__file__).resolve().parent.parent / "program.md"
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    kind: str  # optuna, random, claude, openai
+    model: str = ""
+    base_url: str | None = None
+
+    @property
+    def name(self) -> str:
+        """A subject-token-safe default agent id, e.g. ``claude-sonnet-4-5``."""
+        label = self.kind if not self.model else f"{self.kind}-{self.model}"
+        return re.sub(r"[^A-Za-z0-9_-]", "-", label)[:64]
+
+
+def parse_agent_spec(spec: str) -> AgentSpec:
+    """Parse ``optuna`` | ``random`` | ``claude:<model>[@url]`` | ``openai:<model>[@url]``."""
+    s = spec.strip()
+    if s in ("optuna", "tpe", "optuna:tpe"):
+        return AgentSpec("optuna", "tpe")
+    if s == "random":
+        return AgentSpec("random", "random")
+    kind, sep, rest = s.partition(":")
+    if not sep or kind not in ("claude", "anthropic", "openai") or not rest:
+        raise SpecError(
+            f"bad agent spec {spec!r}: use optuna, random, claude:<model>, openai:<model> or "
+            "openai:<model>@<base_url> (e.g. openai:qwen2.5-coder@http://localhost:8000/v1)"
+        )
+    model, at, url = rest.partition("@")
+    if not model or (at and not url.startswith(("http://", "https://"))):
+        raise SpecError(f"bad agent spec {spec!r}: the model is empty or the base URL is not http(s)://...")
+    return AgentSpec("claude" if kind in ("claude", "anthropic") else "openai", model, url or None)
+
+
+def make_proposer(
+    spec: AgentSpec | str,
+    base_train_py: str,
+    *,
+    seed: int = 0,
+    api_key: str | None = None,
+    prices: dict[str, tuple[float, float]] | None = None,
+    timeout: float = 300.0,
+    device: str | None = None,
+) -> Proposer:
+    """The proposer a spec names. API keys come from ``api_key`` or the environment
+    (ANTHROPIC_API_KEY / OPENAI_API_KEY) and are never logged."""
+    if isinstance(spec, str):
+        spec = parse_agent_spec(spec)
+    if spec.kind == "optuna":
+        from agents.proposers.optuna_tpe import OptunaProposer
+
+        return OptunaProposer(base_train_py, seed=seed, device=device)
+    if spec.kind == "random":
+        from agents.proposers.random_search import RandomProposer
+
+        return RandomProposer(base_train_py, seed=seed, device=device)
+    settings = LlmSettings(model=spec.model, base_url=spec.base_url, api_key=api_key, timeout=timeout,
+                           prices=dict(prices or {}))  # fmt: skip
+    if spec.kind == "claude":
+        from agents.proposers.claude import ClaudeProposer
+
+        return ClaudeProposer(settings)
+    from agents.proposers.openai_compat import OpenAIProposer
+
+    return OpenAIProposer(settings)
+
+
+def _text(x: str | Path) -> str:
+    """A Path's contents (a missing default program.md reads as empty), or the string itself."""
+    if isinstance(x, Path):
+        return x.read_text() if x.exists() or x != DEFAULT_PROGRAM else ""
+    return x
+
+
+async def run_agent_spec(
+    nc: NATS,
+    spec: str,
+    *,
+    run: str,
+    train_py: str | Path,
+    stop: asyncio.Event,
+    agent: str | None = None,
+    program_md: str | Path | None = None,
+    seed: int = 0,
+    api_key: str | None = None,
+    prices: dict[str, tuple[float, float]] | None = None,
+    **config: object,
+) -> AgentStats:
+    """What ``swarm agent <spec>`` calls: build the proposer, run the loop, close the proposer.
+
+    Extra keyword arguments are :class:`AgentConfig` fields (``max_experiments``, ``hw_class``, ...).
+    """
+    parsed = parse_agent_spec(spec)
+    base = _text(train_py)
+    program = _text(program_md if program_md is not None else DEFAULT_PROGRAM)
+    hw = str(config.get("hw_class", "any"))
+    device = "cpu" if hw == "cpu" else ("gpu" if hw not in ("any", "") else None)
+    proposer = make_proposer(parsed, base, seed=seed, api_key=api_key, prices=prices, device=device)
+    if parsed.kind in ("optuna", "random"):
+        config.setdefault("wave_quorum", 0.5)  # rolling waves keep the runners busy
+    cfg = AgentConfig(
+        run=run,
+        agent=agent or parsed.name,
+        base_train_py=base,
+        program_md=program,
+        seed=seed,
+        config_summary={"spec": f"{parsed.kind}:{parsed.model}", "base_url": parsed.base_url or ""},
+        **config,  # type: ignore[arg-type]
+    )
+    try:
+        return await run_agent(nc, cfg, proposer, stop=stop)
+    finally:
+        await proposer.aclose()

@@ -1,0 +1,186 @@
+"""A loopback HTTP server speaking just enough of the Anthropic Messages API (``POST /v1/messages``) and
+the OpenAI Chat Completions API (``POST /v1/chat/completions``) for the official SDK clients, scriptable
+per test: tool calls, plain text, 429 with retry-after, 500, malformed bodies, slow responses.
+
+    with FakeLlmServer() as srv:
+        srv.push(anthropic_tool_use([("propose_experiments", {...})]))
+        client = anthropic.AsyncAnthropic(base_url=srv.url, api_key="test")
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None  # dict -> JSON; str/bytes -> sent as is (malformed bodies)
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before answering (timeouts)
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+class FakeLlmServer:
+    """Answers each request with the next scripted :class:`Reply` (or ``default`` when the script is empty)."""
+
+    def __init__(self, default: Reply | None = None) -> None:
+        self.script: deque[Reply] = deque()
+        self.default = default or Reply(500, {"type": "error", "error": {"type": "api_error", "message": "unscripted"}})
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def push(self, *replies: Reply) -> None:
+        with self._lock:
+            self.script.extend(replies)
+
+    def __enter__(self) -> FakeLlmServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closing.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def _next(self, rec: Recorded) -> Reply:
+        with self._lock:
+            self.requests.append(rec)
+            return self.script.popleft() if self.script else self.default
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+            def do_POST(self) -> None:
+                n = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(n)
+                try:
+                    body = json.loads(raw or b"{}")
+                except json.JSONDecodeError:
+                    body = {"_raw": raw.decode(errors="replace")}
+                reply = server._next(Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                if reply.delay and server._closing.wait(reply.delay):
+                    return
+                if isinstance(reply.body, dict | list):
+                    data = json.dumps(reply.body).encode()
+                elif isinstance(reply.body, str):
+                    data = reply.body.encode()
+                else:
+                    data = reply.body or b""
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("content-type", reply.headers.get("content-type", "application/json"))
+                    self.send_header("content-length", str(len(data)))
+                    for k, v in reply.headers.items():
+                        if k != "content-type":
+                            self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+        return Handler
+
+
+# --------------------------------------------------------------------------------------------------
+# canned bodies
+
+
+def anthropic_message(
+    content: list[dict[str, Any]], *, input_tokens: int = 1000, output_tokens: int = 200, model: str = "claude-test"
+) -> Reply:
+    return Reply(
+        200,
+        {
+            "id": "msg_test",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": "tool_use" if any(c["type"] == "tool_use" for c in content) else "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        },
+    )
+
+
+def anthropic_tool_use(calls: list[tuple[str, Any]], **kw: Any) -> Reply:
+    return anthropic_message(
+        [{"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": args} for i, (name, args) in enumerate(calls)],
+        **kw,
+    )
+
+
+def openai_completion(
+    calls: list[tuple[str, str]] | None = None,
+    *,
+    content: str | None = None,
+    prompt_tokens: int = 1000,
+    completion_tokens: int = 200,
+    model: str = "gpt-test",
+) -> Reply:
+    """``calls``: (function name, arguments as a JSON *string*, possibly malformed)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = [
+            {"id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": a}}
+            for i, (n, a) in enumerate(calls)
+        ]
+    return Reply(
+        200,
+        {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        },
+    )
+
+
+def rate_limited(retry_after: str = "0") -> Reply:
+    return Reply(
+        429,
+        {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
+        headers={"retry-after": retry_after},
+    )
+
+
+def server_error() -> Reply:
+    return Reply(500, {"type": "error", "error": {"type": "api_error", "message": "boom"}})
+
+
+def malformed() -> Reply:
+    return Reply(200, "{this is not json", headers={"content-type": "application/json"})

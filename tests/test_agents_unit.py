@@ -1,0 +1,132 @@
+"""Knobs, edits and their validation, the decision rule, prices and agent specs (no bus, no network)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agents.edits import Edit, SeenSet, apply_edits, ast_sha256, module_side_effects, sha256, validate_source
+from agents.errors import SpecError, ValidationError
+from agents.knobs import apply_knobs, knob_values, parse_knobs, search_space
+from agents.policy import DecisionRule
+from agents.pricing import cost_usd, price_of
+from agents.spec import AgentSpec, parse_agent_spec
+from tests.agents_support import STANDIN_TRAIN_PY as SRC
+
+
+def test_knobs_parse_and_apply_minimal_line_edit() -> None:
+    knobs = parse_knobs(SRC)
+    assert knobs["DEPTH"].value == 4 and knobs["TOTAL_BATCH_SIZE"].value == 2048
+    assert knobs["WINDOW_PATTERN"].value == "L"
+    out = apply_knobs(SRC, {"DEPTH": 6, "MATRIX_LR": 0.02, "TOTAL_BATCH_SIZE": 4096})
+    changed = [(a, b) for a, b in zip(SRC.splitlines(), out.splitlines(), strict=True) if a != b]
+    assert changed == [
+        ("DEPTH = 4                 # transformer blocks", "DEPTH = 6                 # transformer blocks"),
+        ("MATRIX_LR = 0.04          # Muon lr", "MATRIX_LR = 0.02          # Muon lr"),
+        ("TOTAL_BATCH_SIZE = 2**11  # tokens per step", "TOTAL_BATCH_SIZE = 4096  # tokens per step"),
+    ]
+    assert knob_values(out)["MATRIX_LR"] == 0.02
+    with pytest.raises(ValidationError, match="not knobs"):
+        apply_knobs(SRC, {"NOPE": 1})
+
+
+def test_search_space_derives_from_present_knobs_and_samples_inside() -> None:
+    space = {s.name: s for s in search_space(SRC)}
+    assert set(space) == {"DEPTH", "ASPECT_RATIO", "MATRIX_LR", "EMBEDDING_LR", "WARMDOWN_RATIO",
+                          "TOTAL_BATCH_SIZE", "WINDOW_PATTERN"}  # fmt: skip
+    assert space["MATRIX_LR"].log and space["TOTAL_BATCH_SIZE"].kind == "choice"
+    rng = random.Random(1)
+    for s in space.values():
+        for _ in range(20):
+            assert s.contains(s.sample(rng)), s
+    twins = "CPU_DEPTH = 4\nGPU_DEPTH = 8\nMATRIX_LR = 0.04\nLOG_INTERVAL = 1.0\n"
+    assert [s.name for s in search_space(twins, device="cpu")] == ["CPU_DEPTH", "MATRIX_LR"]
+
+
+def test_apply_edits_reports_missing_and_ambiguous_search() -> None:
+    out = apply_edits(SRC, [Edit("DEPTH = 4 ", "DEPTH = 5 ")])
+    assert "DEPTH = 5 " in out
+    with pytest.raises(ValidationError, match="not found"):
+        apply_edits(SRC, [Edit("DEPTH = 99", "x")])
+    with pytest.raises(ValidationError, match="occurs 3 times"):
+        apply_edits(SRC, [Edit("    return ", "x")])
+    with pytest.raises(ValidationError, match=r"only train\.py"):
+        apply_edits(SRC, [Edit("DEPTH = 4", "DEPTH = 5", file="prepare.py")])
+    with pytest.raises(ValidationError, match="no edits"):
+        apply_edits(SRC, [])
+
+
+def test_validate_rejects_non_compiling_and_side_effects_and_size() -> None:
+    with pytest.raises(ValidationError, match="does not parse"):
+        validate_source(SRC.replace("def main() -> None:", "def main( -> None:"), SRC)
+    with pytest.raises(ValidationError, match="compile"):
+        validate_source(SRC + "\ndef f():\n    return\n    nonlocal x\n", SRC)
+    with pytest.raises(ValidationError, match="side effects"):
+        validate_source(SRC + "\nmain()\n", SRC)
+    with pytest.raises(ValidationError, match="side effects"):
+        validate_source(SRC + "\nfor i in range(3):\n    pass\n", SRC)
+    with pytest.raises(ValidationError, match="side effects"):
+        validate_source(SRC + "\nDATA = open('/etc/passwd').read()\n", SRC)
+    with pytest.raises(ValidationError, match="limit"):
+        validate_source(SRC + "#" * 300_000, SRC)
+    ok = validate_source(SRC + "\nSEQ = int(2**8)\n", SRC)
+    assert ok.sha256 == sha256(ok.source) and ok.diff.startswith("--- a/train.py")
+    # a side effect the parent already has is the harness's business, not the proposal's
+    parent = SRC + "\nprint('hi')\n"
+    assert module_side_effects(parent)
+    validate_source(parent.replace("DEPTH = 4", "DEPTH = 5"), parent)
+
+
+def test_dedup_exact_and_normalised_ast() -> None:
+    seen = SeenSet()
+    v = validate_source(SRC.replace("DEPTH = 4", "DEPTH = 5"), SRC)
+    seen.add(v.sha256, v.ast_sha256)
+    with pytest.raises(ValidationError, match="exact"):
+        seen.check(v)
+    cosmetic = v.source.replace("# transformer blocks", "# blocks!").replace("DEPTH = 5", "DEPTH   =   5")
+    c = validate_source(cosmetic, SRC)
+    assert c.sha256 != v.sha256 and c.ast_sha256 == v.ast_sha256
+    with pytest.raises(ValidationError, match="comments or formatting"):
+        seen.check(c)
+    assert ast_sha256(SRC.replace("DEPTH = 4", "DEPTH = 6")) != v.ast_sha256
+
+
+def test_decision_rule_needs_k_sigma_or_a_confirming_repeat() -> None:
+    rule = DecisionRule(k=2.0)
+    sigma = 0.01
+    assert rule.decide([3.39], 3.40, sigma)[0] == "confirm"  # better, but within 2σ: repeat it
+    assert rule.decide([3.37], 3.40, sigma)[0] == "keep"  # 3σ better
+    assert rule.decide([3.41], 3.40, sigma)[0] == "discard"
+    no_repeat = DecisionRule(k=2.0, confirm=False)
+    verdict, why = no_repeat.decide([3.39], 3.40, sigma)
+    assert verdict == "discard" and "noise" in why  # a keep below σ is not taken
+    # two runs averaging 1.6σ better clear 2σ/√2
+    assert rule.decide([3.385, 3.383], 3.40, sigma)[0] == "keep"
+    assert rule.decide([3.395, 3.399], 3.40, sigma)[0] == "discard"
+    # σ unknown or from one run: the fallback (0.5 % of the reference)
+    assert rule.sigma(None, 0, 3.4) == pytest.approx(0.017)
+    assert rule.sigma(0.01, 1, 3.4) == pytest.approx(0.017)
+    assert rule.sigma(0.01, 3, 3.4) == 0.01
+    # nothing to compare against (no baseline on the class yet) is never a keep
+    verdict, why = rule.decide([5.5], None, sigma)
+    assert verdict == "discard" and "no baseline" in why
+
+
+def test_prices() -> None:
+    assert price_of("claude-sonnet-4-5-20250929") == (3.0, 15.0)
+    assert price_of("llama3:8b") == (0.0, 0.0)
+    assert cost_usd("gpt-4o", 1_000_000, 100_000) == pytest.approx(3.5)
+    assert cost_usd("my-model", 1_000_000, 0, {"my-model": (1.0, 2.0)}) == 1.0
+
+
+def test_agent_specs() -> None:
+    assert parse_agent_spec("optuna") == AgentSpec("optuna", "tpe")
+    assert parse_agent_spec("random").kind == "random"
+    assert parse_agent_spec("claude:claude-sonnet-4-5") == AgentSpec("claude", "claude-sonnet-4-5")
+    s = parse_agent_spec("openai:qwen2.5:7b@http://localhost:11434/v1")
+    assert s == AgentSpec("openai", "qwen2.5:7b", "http://localhost:11434/v1")
+    assert s.name == "openai-qwen2-5-7b"
+    for bad in ("", "gemini:x", "claude:", "openai:m@ftp://x"):
+        with pytest.raises(SpecError):
+            parse_agent_spec(bad)
