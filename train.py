@@ -231,9 +231,14 @@ def zeropower_via_newtonschulz5(G, steps):
     return (X.mT if transposed else X).to(G.dtype)
 
 
-class Muon(torch.optim.Optimizer):
+class Muon:
+    """Muon for 2-D matrices. Plain classes, not torch.optim.Optimizer: its methods import torch._dynamo on
+    first use (2-3 s of CPU startup) just to keep themselves out of torch.compile, which never sees them."""
+
     def __init__(self, params, lr, momentum, weight_decay, ns_steps):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+        self.param_groups = [dict(params=list(params), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                  ns_steps=ns_steps)]
+        self.state = {}
 
     @torch.no_grad()
     def step(self):
@@ -241,7 +246,7 @@ class Muon(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
+                state = self.state.setdefault(p, {})
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p.grad)
                 buf = state["momentum_buffer"]
@@ -254,6 +259,34 @@ class Muon(torch.optim.Optimizer):
                 p.add_(update, alpha=-group["lr"] * scale)
 
 
+class AdamW:
+    """AdamW (decoupled weight decay), the same update as torch.optim.AdamW."""
+
+    def __init__(self, param_groups, betas, eps, weight_decay):
+        self.param_groups = [dict(g, params=list(g["params"])) for g in param_groups]
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        self.state = {}
+
+    @torch.no_grad()
+    def step(self):
+        beta1, beta2 = self.betas
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state.setdefault(p, {})
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state["step"] += 1
+                t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                if self.weight_decay:
+                    p.mul_(1 - group["lr"] * self.weight_decay)
+                m.lerp_(p.grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(self.eps)
+                p.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1**t))
+
+
 def make_optimizers(model):
     dim_scale = (model.wte.weight.size(1) / 768) ** -0.5
     matrices = [p for b in model.blocks for p in b.parameters() if p.ndim == 2]
@@ -262,8 +295,7 @@ def make_optimizers(model):
         dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * dim_scale),
         dict(params=[model.resid_lambdas, model.x0_lambdas], lr=SCALAR_LR),
     ]
-    adam = torch.optim.AdamW(adam_groups, betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0,
-                             fused=torch.cuda.is_available())
+    adam = AdamW(adam_groups, betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0)
     muon = Muon(matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM, weight_decay=WEIGHT_DECAY, ns_steps=NS_STEPS)
     for opt in (adam, muon):
         for group in opt.param_groups:

@@ -420,15 +420,20 @@ class Agent:
             n += 1
         return n
 
+    async def queue_baselines(self, classes: set[str]) -> None:
+        """Publish the baselines of ``classes`` that nobody has published yet (idempotent)."""
+        cfg = self.cfg
+        self.baselines_known.update(h for h, p in self.tail.proposals.items() if BASELINE_TAG in p.tags)
+        await ensure_baselines(
+            self.js, cfg.run, cfg.agent, classes, cfg.base_train_py,
+            known=self.baselines_known, repeats=cfg.baseline_repeats,
+        )  # fmt: skip
+
     async def wave(self) -> int:
         """One wave; returns how many hypotheses it published."""
         cfg = self.cfg
         if cfg.baselines:
-            self.baselines_known.update(h for h, p in self.tail.proposals.items() if BASELINE_TAG in p.tags)
-            await ensure_baselines(
-                self.js, cfg.run, cfg.agent, self.tail.hw_classes(), cfg.base_train_py,
-                known=self.baselines_known, repeats=cfg.baseline_repeats,
-            )  # fmt: skip
+            await self.queue_baselines(self.tail.hw_classes())
         reply = await self.context_reply()
         self.program_md = reply.program_md or self.tail.program_md or self.program_md
         self.notes_since = max([self.notes_since, *(n.ts for n in reply.notes)])
@@ -560,7 +565,9 @@ class Agent:
             values = []  # the confirmation failed
         if values and self.cfg.baselines and self.baseline_mean(cls, reply) is None:
             # a result that finished before any baseline of its class: wait for one rather than keep
-            # whatever came first (bounded; the baselines were queued before this wave)
+            # whatever came first (bounded). The class may be new (its runner joined after this wave
+            # began), so queue its baselines first.
+            await self.queue_baselines({cls})
             await self.tail.wait_until(
                 lambda: self.baseline_mean(cls, reply) is not None or self.stop.is_set(), self.cfg.wave_timeout
             )

@@ -62,7 +62,7 @@ async def bench_end_to_end(tmp: Path, n: int) -> None:
         js = nc.jetstream()
         await setup(js)
         con = connect_db(str(tmp / "e2e.duckdb"))
-        projector = Projector(js, con, batch_size=2000, fetch_timeout=0.5)
+        projector = Projector(js, con, fetch_timeout=0.5)  # batch_size: the default (10,000)
         await projector.start()
         stop = asyncio.Event()
         task = asyncio.create_task(projector.run(stop))
@@ -105,7 +105,7 @@ async def bench_replay(tmp: Path, n: int) -> None:
         print(f"replay_fill_seconds: {time.perf_counter() - t0:.1f}  ({n} events into the stream)")
         con = connect_db(str(tmp / "replay.duckdb"))
         t0 = time.perf_counter()
-        last = await replay_stream(js, con, batch_size=10_000)
+        last = await replay_stream(js, con)
         dt = time.perf_counter() - t0
         rows = con.execute("SELECT count(*) FROM events").fetchone()
         print(f"replay_events: {rows[0] if rows else 0} (last seq {last})")

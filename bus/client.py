@@ -14,8 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import NotFoundError
@@ -96,7 +98,7 @@ async def connect(
         name=label,
         connect_timeout=connect_timeout,
         allow_reconnect=False,  # switched on once connected: see below
-        max_reconnect_attempts=max_reconnect_attempts,
+        max_reconnect_attempts=1,  # the first connection: try each server twice, then say so (set below)
         reconnect_time_wait=reconnect_time_wait,
         error_cb=on_error,
         disconnected_cb=on_disconnected,
@@ -133,7 +135,7 @@ async def connect(
                     f"({e}); check SWARM_NATS_USER/SWARM_NATS_PASSWORD or the credentials file"
                 ) from e
             if loop.time() >= deadline:
-                raise
+                raise BusError(f"no NATS server answered at {', '.join(config.servers)}: {e}") from e
         except (OSError, TimeoutError) as e:
             if loop.time() >= deadline:
                 raise BusError(f"no NATS server answered at {', '.join(config.servers)}: {e!r}") from e
@@ -141,6 +143,7 @@ async def connect(
         delay = min(delay * 2, 2.0)
     # nats-py gives up on the first connection only when reconnecting is off; from here on it is on
     nc.options["allow_reconnect"] = True
+    nc.options["max_reconnect_attempts"] = max_reconnect_attempts
     return nc
 
 
@@ -302,35 +305,79 @@ async def publish(
     raise AssertionError("unreachable")
 
 
-async def publish_many(
-    js: JetStreamContext, events: Iterable[Event], *, window: int = 2000, timeout: float = 10.0
-) -> list[jsapi.PubAck]:
-    """Bulk publish with ``publish_async``: up to ``window`` un-acked publishes in flight.
+_ack_decoder = msgspec.json.Decoder(dict[str, Any])
+_PUBACK_FIELDS = frozenset({"stream", "seq", "domain", "duplicate"})
 
-    Every ack is checked; publishes that were not acked are retried one by one with :func:`publish`
-    (safe: the msg id makes a duplicate a no-op). Returns the acks in the order of ``events``.
+
+def _pub_ack(data: bytes) -> jsapi.PubAck | None:
+    """A PubAck from JetStream's reply, or None for an error reply or anything else (then retried)."""
+    try:
+        resp = _ack_decoder.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if "error" in resp or "stream" not in resp or "seq" not in resp:
+        return None
+    if resp.keys() <= _PUBACK_FIELDS:
+        return jsapi.PubAck(stream=resp["stream"], seq=resp["seq"], domain=resp.get("domain"),
+                            duplicate=resp.get("duplicate"))  # fmt: skip
+    return jsapi.PubAck.from_response(resp)
+
+
+async def publish_many(
+    js: JetStreamContext, events: Iterable[Event], *, window: int = 4000, timeout: float = 10.0
+) -> list[jsapi.PubAck]:
+    """Bulk publish: up to ``window`` un-acked publishes in flight, sent in two half-window chunks so
+    the next chunk goes out while the acks of the last one come back.
+
+    Each message carries ``Nats-Msg-Id = event_id`` and the expected stream, with a reply subject of
+    its own under one inbox subscription (cheaper than a future per message). Every ack is checked;
+    publishes that were not acked in ``timeout`` (or got an error reply) are retried one by one with
+    :func:`publish` (safe: the msg id makes a duplicate a no-op). Returns the acks in the order of
+    ``events``.
     """
     events = list(events)
-    acks: list[jsapi.PubAck | None] = [None] * len(events)
-    for start in range(0, len(events), window):
-        chunk = events[start : start + window]
-        futures = []
-        for ev in chunk:
-            fut = await js.publish_async(
-                subjects.event_subject(ev),
-                encode(ev),
-                stream=subjects.STREAM,
-                headers={"Nats-Msg-Id": ev.event_id},
-            )
-            futures.append(fut)
-        done, _ = await asyncio.wait(futures, timeout=timeout)
-        for i, (ev, fut) in enumerate(zip(chunk, futures, strict=True)):
-            if fut in done and fut.exception() is None:
-                acks[start + i] = _check_ack(fut.result(), ev)
-            else:
-                if not fut.done():
-                    fut.cancel()
-                acks[start + i] = await publish(js, ev, timeout=timeout)
+    n = len(events)
+    acks: list[jsapi.PubAck | None] = [None] * n
+    if not n:
+        return []
+    nc = js._nc
+    prefix = nc.new_inbox()
+    chunk = max(1, window // 2)
+    remaining = [min(chunk, n - start) for start in range(0, n, chunk)]
+    done = [asyncio.get_running_loop().create_future() for _ in remaining]
+
+    async def on_ack(msg: Msg) -> None:
+        try:
+            i = int(msg.subject[len(prefix) + 1 :])
+        except ValueError:
+            return
+        if not 0 <= i < n or acks[i] is not None:
+            return
+        ack = _pub_ack(msg.data) if msg.data else None  # no data: a status reply (no responders)
+        if ack is None:
+            return
+        acks[i] = ack
+        c = i // chunk
+        remaining[c] -= 1
+        if remaining[c] == 0 and not done[c].done():
+            done[c].set_result(None)
+
+    sub = await nc.subscribe(prefix + ".*", cb=on_ack)
+    try:
+        for c, start in enumerate(range(0, n, chunk)):
+            if c >= 2:
+                await asyncio.wait([done[c - 2]], timeout=timeout)
+            for i in range(start, min(start + chunk, n)):
+                ev = events[i]
+                await nc.publish(
+                    subjects.event_subject(ev), encode(ev), reply=f"{prefix}.{i}",
+                    headers={"Nats-Msg-Id": ev.event_id, jsapi.Header.EXPECTED_STREAM: subjects.STREAM},
+                )  # fmt: skip
+        await asyncio.wait(done[-2:], timeout=timeout)
+    finally:
+        await sub.unsubscribe()
+    for i, ack in enumerate(acks):
+        acks[i] = _check_ack(ack, events[i]) if ack is not None else await publish(js, events[i], timeout=timeout)
     return [a for a in acks if a is not None]
 
 

@@ -8,6 +8,7 @@ disposition from stream order (:data:`ledger.schema.DISPOSITION_SQL`).
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import pyarrow as pa
 
 from bus import events as ev
 from bus import subjects
-from ledger.schema import DISPOSITION_SQL
+from ledger.schema import DISPOSITION_SQL, EXPERIMENT_COLUMNS, delete_experiments, refresh_experiments
 
 _json = msgspec.json.Encoder()
 
@@ -38,68 +39,91 @@ class RawMessage:
     ts: float = 0.0  # when the stream stored it (unix seconds); the ts of a reject, so replay equals live
 
 
-Getter = Callable[[Any], Any]
-_ENV: list[tuple[str, Getter]] = [
-    ("seq", lambda p: p[0]),
-    ("event_id", lambda p: p[1].event_id),
-    ("run", lambda p: p[1].run),
-    ("source", lambda p: p[1].source),
-    ("ts", lambda p: p[1].ts),
-]
+_Col = str | tuple[str, Callable[[list[Any]], list[Any]]]
 
 
-def _attrs(*names: str) -> list[tuple[str, Getter]]:
-    return [(n, (lambda a: lambda p: getattr(p[1], a))(n)) for n in names]
+def _const(value: Any) -> Callable[[list[Any]], list[Any]]:
+    return lambda evs: [value] * len(evs)
 
 
-# event type -> (table, columns after the envelope). Each pair p is (seq, event).
-_MAPPING: dict[type[ev.Event], tuple[str, list[tuple[str, Getter]]]] = {
+def _json_of(attr: str) -> Callable[[list[Any]], list[Any]]:
+    return lambda evs: [_js(getattr(e, attr)) for e in evs]
+
+
+def _hw_class(evs: list[Any]) -> list[Any]:
+    return [e.hardware.hw_class for e in evs]
+
+
+def _steps_per_second(evs: list[Any]) -> list[Any]:
+    return [e.calibration.steps_per_second if e.calibration else None for e in evs]
+
+
+# event type -> (table, columns after the envelope). A column is an attribute of the event of the same
+# name, or (name, function from the batch's events of that type to the column's values).
+_MAPPING: dict[type[ev.Event], tuple[str, list[_Col]]] = {
     ev.HypothesisProposed: ("hypotheses", [
-        *_attrs("hypothesis_id", "agent", "model", "parent", "train_py", "train_py_sha256", "ast_sha256",
-                "diff", "description", "rationale", "tier", "hw_class", "seed", "budget_seconds", "tags"),
-        ("knobs", lambda p: _js(p[1].knobs)),
+        "hypothesis_id", "agent", "model", "parent", "train_py", "train_py_sha256", "ast_sha256", "diff",
+        "description", "rationale", "tier", "hw_class", "seed", "budget_seconds", "tags", ("knobs", _json_of("knobs")),
     ]),
     ev.ExperimentClaimed: ("claims", [
-        *_attrs("hypothesis_id", "attempt", "runner"),
-        ("hw_class", lambda p: p[1].hardware.hw_class),
-        ("hardware", lambda p: _js(p[1].hardware)),
-        *_attrs("stream_seq"),
+        "hypothesis_id", "attempt", "runner", ("hw_class", _hw_class), ("hardware", _json_of("hardware")),
+        "stream_seq",
     ]),
     ev.ExperimentFinished: ("results", [
-        *_attrs("hypothesis_id", "attempt", "runner", "status", "val_bpb", "reported_val_bpb",
-                "training_seconds", "total_seconds", "num_steps", "tokens", "num_params", "peak_vram_mb",
-                "mfu", "reason", "log_tail", "log_ref", "hw_class", "train_py_sha256",
-                "dataset_fingerprint", "tokenizer_fingerprint", "budget_seconds", "late"),
+        "hypothesis_id", "attempt", "runner", "status", "val_bpb", "reported_val_bpb", "training_seconds",
+        "total_seconds", "num_steps", "tokens", "num_params", "peak_vram_mb", "mfu", "reason", "log_tail",
+        "log_ref", "hw_class", "train_py_sha256", "dataset_fingerprint", "tokenizer_fingerprint", "budget_seconds",
+        "late",
     ]),
-    ev.HypothesisDecided: ("decisions", _attrs(
-        "hypothesis_id", "decision", "by", "reason", "val_bpb", "reference_val_bpb", "sigma")),
-    ev.NoteWritten: ("notes", _attrs("note_id", "agent", "title", "body", "refs")),
+    ev.HypothesisDecided: ("decisions", [
+        "hypothesis_id", "decision", "by", "reason", "val_bpb", "reference_val_bpb", "sigma"]),
+    ev.NoteWritten: ("notes", ["note_id", "agent", "title", "body", "refs"]),
     ev.AgentJoined: ("agents", [
-        *_attrs("agent"), ("action", lambda p: "joined"), *_attrs("provider", "model", "strategy"),
-        ("config", lambda p: _js(p[1].config)), ("reason", lambda p: ""),
+        "agent", ("action", _const("joined")), "provider", "model", "strategy", ("config", _json_of("config")),
+        ("reason", _const("")),
     ]),
     ev.AgentLeft: ("agents", [
-        *_attrs("agent"), ("action", lambda p: "left"), ("provider", lambda p: None),
-        ("model", lambda p: None), ("strategy", lambda p: None), ("config", lambda p: None), *_attrs("reason"),
+        "agent", ("action", _const("left")), ("provider", _const(None)), ("model", _const(None)),
+        ("strategy", _const(None)), ("config", _const(None)), "reason",
     ]),
     ev.RunnerJoined: ("runners", [
-        *_attrs("runner"), ("action", lambda p: "joined"), ("hw_class", lambda p: p[1].hardware.hw_class),
-        ("hardware", lambda p: _js(p[1].hardware)), *_attrs("classes", "executor"),
-        ("calibration", lambda p: _js(p[1].calibration)),
-        ("steps_per_second", lambda p: p[1].calibration.steps_per_second if p[1].calibration else None),
-        ("reason", lambda p: ""),
+        "runner", ("action", _const("joined")), ("hw_class", _hw_class), ("hardware", _json_of("hardware")),
+        "classes", "executor", ("calibration", _json_of("calibration")), ("steps_per_second", _steps_per_second),
+        ("reason", _const("")),
     ]),
     ev.RunnerLeft: ("runners", [
-        *_attrs("runner"), ("action", lambda p: "left"), ("hw_class", lambda p: None),
-        ("hardware", lambda p: None), ("classes", lambda p: None), ("executor", lambda p: None),
-        ("calibration", lambda p: None), ("steps_per_second", lambda p: None), *_attrs("reason"),
+        "runner", ("action", _const("left")), ("hw_class", _const(None)), ("hardware", _const(None)),
+        ("classes", _const(None)), ("executor", _const(None)), ("calibration", _const(None)),
+        ("steps_per_second", _const(None)), "reason",
     ]),
-    ev.LlmUsage: ("llm_usage", _attrs(
+    ev.LlmUsage: ("llm_usage", [
         "agent", "provider", "model", "input_tokens", "output_tokens", "cost_usd", "latency_seconds", "ok",
-        "error", "hypothesis_ids")),
-    ev.ProposalRejected: ("proposal_rejects", _attrs("agent", "reason", "description", "excerpt")),
-    ev.ProgramChanged: ("programs", _attrs("program_md", "by")),
+        "error", "hypothesis_ids"]),
+    ev.ProposalRejected: ("proposal_rejects", ["agent", "reason", "description", "excerpt"]),
+    ev.ProgramChanged: ("programs", ["program_md", "by"]),
 }  # fmt: skip
+
+_ENVELOPE = ("event_id", "run", "source", "ts")
+
+
+def _plan(cols: list[_Col]) -> tuple[list[str], Callable[[Any], Any], list[tuple[str, Callable[[list[Any]], list[Any]]]]]:
+    attrs = [*_ENVELOPE, *(c for c in cols if isinstance(c, str))]
+    return attrs, operator.attrgetter(*attrs), [c for c in cols if not isinstance(c, str)]
+
+
+# Per event type: its table, its column names (envelope first, seq last) and how to build them.
+_PLANS = {kind: (table, *_plan(cols)) for kind, (table, cols) in _MAPPING.items()}
+
+
+def _columns(kind: type[ev.Event], seqs: list[int], evs: list[Any]) -> tuple[str, dict[str, list[Any]]]:
+    """The column lists of one event type's rows: plain attributes transposed in C (attrgetter + zip)."""
+    table, attrs, get, extra = _PLANS[kind]
+    out: dict[str, list[Any]] = {"seq": seqs}
+    for name, values in zip(attrs, zip(*map(get, evs), strict=True), strict=True):
+        out[name] = list(values)
+    for name, fn in extra:
+        out[name] = fn(evs)
+    return table, out
 
 
 @dataclass
@@ -116,12 +140,30 @@ class Rows:
         return len(self.events.get("event_id", ())) + len(self.rejects.get("seq", ()))
 
 
+# Subjects already validated, so a batch does not re-check the run token for every event.
+_subject_cache: dict[tuple[Any, ...], str] = {}
+
+
+def _subject_of(event: ev.AnyEvent) -> str:
+    if isinstance(event, ev.HypothesisProposed):
+        key: tuple[Any, ...] = (ev.HypothesisProposed, event.run, event.hw_class)
+    else:
+        key = (type(event), event.run)
+    got = _subject_cache.get(key)
+    if got is None:
+        got = subjects.event_subject(event)  # raises ValueError for an invalid token: never cached
+        if len(_subject_cache) > 10_000:
+            _subject_cache.clear()
+        _subject_cache[key] = got
+    return got
+
+
 def validate(event: ev.AnyEvent, subject: str) -> str | None:
     """Why an event decoded from ``subject`` is not acceptable, or None. Its subject must be the one
     it belongs on (run and kind, or the work class of a proposal), so a mislabelled message cannot pose
     as another run's record."""
     try:
-        want = subjects.event_subject(event)
+        want = _subject_of(event)
     except ValueError as e:
         return f"invalid {type(event).__name__}: {e}"
     if want != subject:
@@ -137,14 +179,17 @@ def project(msgs: Iterable[RawMessage], *, after_seq: int = 0) -> Rows:
     """
     rows = Rows(last_seq=after_seq)
     seen: set[str] = set()
-    raw: list[tuple[RawMessage, ev.AnyEvent]] = []
+    kept: list[RawMessage] = []
+    kept_events: list[ev.AnyEvent] = []
     rej: list[tuple[int, str, str, bytes, float]] = []
+    decode = ev.decode
     for m in msgs:
         if m.seq <= after_seq:
             continue
-        rows.last_seq = max(rows.last_seq, m.seq)
+        if m.seq > rows.last_seq:
+            rows.last_seq = m.seq
         try:
-            event = ev.decode(m.data)
+            event = decode(m.data)
         except ev.EventDecodeError as e:
             rej.append((m.seq, m.subject, f"decode: {e}", m.data, m.ts))
             continue
@@ -152,30 +197,40 @@ def project(msgs: Iterable[RawMessage], *, after_seq: int = 0) -> Rows:
         if problem is not None:
             rej.append((m.seq, m.subject, f"validate: {problem}", m.data, m.ts))
             continue
-        if event.event_id in seen:
+        eid = event.event_id
+        if eid in seen:
             continue
-        seen.add(event.event_id)
-        raw.append((m, event))
-    if raw:
+        seen.add(eid)
+        kept.append(m)
+        kept_events.append(event)
+    if kept:
+        seqs = [m.seq for m in kept]
         rows.events = {
-            "seq": [m.seq for m, _ in raw],
-            "event_id": [e.event_id for _, e in raw],
-            "type": [type(e).__name__ for _, e in raw],
-            "run": [e.run for _, e in raw],
-            "source": [e.source for _, e in raw],
-            "ts": [e.ts for _, e in raw],
-            "schema_version": [e.schema_version for _, e in raw],
-            "subject": [m.subject for m, _ in raw],
-            "data": [m.data for m, _ in raw],
+            "seq": seqs,
+            "event_id": [e.event_id for e in kept_events],
+            "type": [type(e).__name__ for e in kept_events],
+            "run": [e.run for e in kept_events],
+            "source": [e.source for e in kept_events],
+            "ts": [e.ts for e in kept_events],
+            "schema_version": [e.schema_version for e in kept_events],
+            "subject": [m.subject for m in kept],
+            "data": [m.data for m in kept],
         }
-    by_type: dict[type[ev.Event], list[tuple[int, ev.AnyEvent]]] = {}
-    for m, event in raw:
-        by_type.setdefault(type(event), []).append((m.seq, event))
-    for kind, pairs in by_type.items():
-        table, cols = _MAPPING[kind]
-        out = rows.tables.setdefault(table, {})
-        for name, get in _ENV + cols:
-            out.setdefault(name, []).extend([get(p) for p in pairs])
+        by_type: dict[type[ev.Event], tuple[list[int], list[Any]]] = {}
+        for seq, event in zip(seqs, kept_events, strict=True):
+            group = by_type.get(type(event))
+            if group is None:
+                group = by_type[type(event)] = ([], [])
+            group[0].append(seq)
+            group[1].append(event)
+        for kind, (kseqs, evs) in by_type.items():
+            table, cols = _columns(kind, kseqs, evs)
+            out = rows.tables.get(table)
+            if out is None:
+                rows.tables[table] = cols
+            else:  # a second event type of the same table (joined/left)
+                for name, values in cols.items():
+                    out[name].extend(values)
     if rej:
         rows.rejects = {
             "seq": [r[0] for r in rej],
@@ -187,15 +242,18 @@ def project(msgs: Iterable[RawMessage], *, after_seq: int = 0) -> Rows:
     return rows
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, cols: dict[str, list[Any]], *, returning: str = "",
-            or_ignore: bool = False) -> list[Any]:  # fmt: skip
+def _arrow(con: duckdb.DuckDBPyConnection, table: str, cols: dict[str, list[Any]]) -> pa.Table:
     # Python lists -> an Arrow table (converted in C) -> one INSERT ... SELECT: far faster than
     # executemany, and faster than unnest($1) over lists for wide tables.
     types = _arrow_types(con, table)
-    batch = pa.table({n: pa.array(v, type=types[n]) for n, v in cols.items()})
+    return pa.table({n: pa.array(v, type=types[n]) for n, v in cols.items()})
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, cols: dict[str, list[Any]], *, returning: str = "",
+            or_ignore: bool = False) -> list[Any]:  # fmt: skip
     quoted = ", ".join(f'"{n}"' for n in cols)
     view = f"_batch_{table}"
-    con.register(view, batch)
+    con.register(view, _arrow(con, table, cols))
     try:
         sql = f"INSERT {'OR IGNORE ' if or_ignore else ''}INTO {table} ({quoted}) SELECT {quoted} FROM {view}"
         if returning:
@@ -203,7 +261,25 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, cols: dict[str, list[Any
         con.execute(sql)
         return []
     finally:
-        con.unregister(view)
+        try:
+            con.unregister(view)
+        except duckdb.TransactionException:  # the statement aborted the transaction: apply unregisters it
+            pass
+
+
+def _insert_results(con: duckdb.DuckDBPyConnection, cols: dict[str, list[Any]]) -> None:
+    """Insert the batch's finishes with their dispositions (:data:`DISPOSITION_SQL`, which reads them as
+    ``_batch_results``), decided before they are written: no UPDATE of rows just inserted."""
+    quoted = ", ".join(f'b."{n}"' for n in cols)
+    names = ", ".join(f'"{n}"' for n in cols)
+    con.register("_batch_results", _arrow(con, "results", cols))
+    try:
+        con.execute(
+            f"INSERT INTO results ({names}, disposition) SELECT {quoted}, d.disposition "
+            f"FROM _batch_results b JOIN ({DISPOSITION_SQL}) d ON d.event_id = b.event_id"
+        )
+    finally:
+        con.unregister("_batch_results")
 
 
 _ARROW: dict[str, pa.DataType] = {
@@ -225,32 +301,208 @@ def _keep(cols: dict[str, list[Any]], accepted: set[str]) -> dict[str, list[Any]
     return {k: [v for v, keep in zip(vs, mask, strict=True) if keep] for k, vs in cols.items()}
 
 
-def apply(con: duckdb.DuckDBPyConnection, rows: Rows, *, consumer: str) -> int:
-    """Write one projected batch and its last stream sequence in one transaction.
+# Tables whose rows change a hypothesis's row of ``experiment_state``.
+_EXPERIMENT_SOURCES = ("hypotheses", "claims", "results", "decisions")
+STATE_COLUMNS = [*EXPERIMENT_COLUMNS, "proposals", "claims", "result_hw_class", "touched_seq"]
+_S = {c: i for i, c in enumerate(STATE_COLUMNS)}
+_CLAIM = pa.struct([("attempt", pa.int32()), ("runner", pa.string()), ("seq", pa.int64()), ("hw_class", pa.string())])
+_STATE_TYPES: dict[str, pa.DataType] = {
+    **dict.fromkeys(STATE_COLUMNS, pa.string()),
+    **dict.fromkeys(["proposed_ts", "val_bpb", "finished_ts", "training_seconds", "total_seconds"], pa.float64()),
+    **dict.fromkeys(["proposed_seq", "finished_seq", "attempts", "seed", "proposals", "touched_seq"], pa.int64()),
+    "attempt": pa.int32(), "tags": pa.list_(pa.string()), "claims": pa.list_(_CLAIM),
+}  # fmt: skip
+_H_FIELDS = [("agent", "agent"), ("model", "model"), ("parent", "parent"), ("description", "description"),
+             ("tier", "tier"), ("hw_class", "hw_class"), ("proposed_ts", "ts"), ("proposed_seq", "seq"),
+             ("train_py_sha256", "train_py_sha256"), ("ast_sha256", "ast_sha256"), ("tags", "tags"),
+             ("knobs", "knobs"), ("seed", "seed")]  # fmt: skip
+_R_FIELDS = [("status", "status"), ("val_bpb", "val_bpb"), ("finished_ts", "ts"), ("finished_seq", "seq"),
+             ("runner", "runner"), ("attempt", "attempt"), ("training_seconds", "training_seconds"),
+             ("total_seconds", "total_seconds"), ("reason", "reason"), ("log_tail", "log_tail"),
+             ("log_ref", "log_ref"), ("result_hw_class", "hw_class")]  # fmt: skip
 
-    Returns how many events were new (not already projected under their event_id).
-    """
-    con.execute("BEGIN TRANSACTION")
+
+def _blank(key: tuple[str, str]) -> list[Any]:
+    row: list[Any] = [None] * len(STATE_COLUMNS)
+    row[_S["run"]], row[_S["hypothesis_id"]] = key
+    row[_S["attempts"]], row[_S["proposals"]], row[_S["claims"]] = 0, 0, []
+    row[_S["reason"]] = row[_S["log_tail"]] = row[_S["log_ref"]] = ""
+    return row
+
+
+def _ran_on(row: list[Any]) -> str | None:
+    """``ran_on`` as :data:`ledger.schema.EXPERIMENT_STATE_SQL` computes it."""
+    if row[_S["status"]] is None:
+        return None
+    if row[_S["result_hw_class"]]:
+        return str(row[_S["result_hw_class"]])
+    attempt, runner = row[_S["attempt"]], row[_S["runner"]]
+    for c in row[_S["claims"]]:  # in stream order: the first claim of that attempt and runner
+        if c["attempt"] == attempt and c["runner"] == runner and c["hw_class"] is not None:
+            return str(c["hw_class"])
+    hw = row[_S["hw_class"]]
+    return None if hw is None else str(hw)
+
+
+def _merge_experiments(
+    prev: dict[tuple[str, str], list[Any]], tables: dict[str, dict[str, list[Any]]]
+) -> tuple[list[str], dict[tuple[str, str], list[Any]]] | None:
+    """The batch's effect on ``experiment_state`` from the batch and the previous state rows alone:
+    the dispositions of its finishes (in the order of ``tables['results']``) and the new state rows of
+    the keys it touches. Gives the rows :data:`ledger.schema.EXPERIMENT_STATE_SQL` would and the
+    dispositions :data:`ledger.schema.DISPOSITION_SQL` would, when every row of a key comes after its
+    ``touched_seq``; returns None where that or the stream's usual order does not hold (a row older than
+    the state, a first proposal after other rows of its hypothesis), and the caller recomputes in SQL."""
+    per_key: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+    for kind, table in enumerate(_EXPERIMENT_SOURCES):
+        cols = tables.get(table)
+        if not cols:
+            continue
+        for i, (run, hid, seq) in enumerate(zip(cols["run"], cols["hypothesis_id"], cols["seq"], strict=True)):
+            per_key.setdefault((run, hid), []).append((seq, kind, i))
+    h, c, r, d = (tables.get(t, {}) for t in _EXPERIMENT_SOURCES)
+    dispositions: list[str] = [""] * len(r.get("event_id", ()))
+    out: dict[tuple[str, str], list[Any]] = {}
+    for key, evs in per_key.items():
+        evs.sort()
+        old = prev.get(key)
+        if old is not None and evs[0][0] <= old[_S["touched_seq"]]:
+            return None
+        row: list[Any] | None = None
+        if old is not None:
+            row = list(old)
+            row[_S["claims"]] = list(old[_S["claims"]] or [])
+        for seq, kind, i in evs:
+            if kind == 0:  # HypothesisProposed: the first one defines the hypothesis
+                if row is None:
+                    row = _blank(key)
+                    for col, src in _H_FIELDS:
+                        row[_S[col]] = h[src][i]
+                    row[_S["proposals"]] = 1
+                elif row[_S["proposals"]] == 0:
+                    return None  # proposed after its claims/finishes/decisions: recompute in SQL
+                else:
+                    row[_S["proposals"]] += 1
+            else:
+                if row is None:
+                    row = _blank(key)
+                if kind == 1:
+                    row[_S["claims"]].append(
+                        {"attempt": c["attempt"][i], "runner": c["runner"][i], "seq": seq, "hw_class": c["hw_class"][i]})
+                elif kind == 2:
+                    attempt, runner, status = r["attempt"][i], r["runner"][i], r["status"][i]
+                    claims = row[_S["claims"]]
+                    claimed = status == "lost" or any(
+                        x["attempt"] == attempt and x["runner"] == runner and x["seq"] < seq for x in claims)
+                    superseded = r["late"][i] or any(x["attempt"] > attempt and x["seq"] < seq for x in claims)
+                    if not claimed:
+                        dispositions[i] = "unclaimed"
+                    elif superseded:
+                        dispositions[i] = "late"
+                    elif row[_S["status"]] is None:
+                        dispositions[i] = "result"
+                        for col, src in _R_FIELDS:
+                            row[_S[col]] = r[src][i]
+                    else:
+                        dispositions[i] = "duplicate"
+                else:
+                    row[_S["decision"]] = d["decision"][i]
+            row[_S["touched_seq"]] = seq
+        assert row is not None
+        row[_S["attempts"]] = len({x["attempt"] for x in row[_S["claims"]]})
+        row[_S["ran_on"]] = _ran_on(row)
+        out[key] = row
+    return dispositions, out
+
+
+def _update_experiments(con: duckdb.DuckDBPyConnection, tables: dict[str, dict[str, list[Any]]]) -> None:
+    """Insert the batch's finishes with their dispositions and bring ``experiment_state`` up to date for
+    the hypotheses the batch touches, inside the batch's transaction (its other rows are inserted)."""
+    runs: list[str] = []
+    hids: list[str] = []
+    for table in _EXPERIMENT_SOURCES:
+        if table in tables:
+            runs += tables[table]["run"]
+            hids += tables[table]["hypothesis_id"]
+    if not runs:
+        return
+    keys = pa.table({"run": pa.array(runs, pa.string()), "hypothesis_id": pa.array(hids, pa.string())})
+    con.register("_batch_keys", keys)
     try:
-        new = 0
-        if rows.events:
+        got = con.execute(
+            f"SELECT {', '.join(f'e.{c}' for c in STATE_COLUMNS)} FROM experiment_state e SEMI JOIN _batch_keys k "
+            "ON e.run = k.run AND e.hypothesis_id = k.hypothesis_id"
+        ).fetchall()
+        merged = _merge_experiments({(g[0], g[1]): list(g) for g in got}, tables)
+        results = tables.get("results")
+        if merged is None:  # the general path: dispositions and state rows recomputed in SQL
+            if results:
+                _insert_results(con, results)
+            refresh_experiments(con, "_batch_keys")
+            return
+        dispositions, state = merged
+        if results:
+            _insert(con, "results", {**results, "disposition": dispositions})
+        if got:  # rows to replace (none for a batch of new hypotheses only)
+            delete_experiments(con, "_batch_keys")
+        cols = list(zip(*state.values(), strict=True))
+        batch = pa.table({n: pa.array(v, type=_STATE_TYPES[n]) for n, v in zip(STATE_COLUMNS, cols, strict=True)})
+        con.register("_batch_state", batch)
+        try:
+            names = ", ".join(STATE_COLUMNS)
+            con.execute(f"INSERT INTO experiment_state ({names}) SELECT {names} FROM _batch_state")
+        finally:
+            con.unregister("_batch_state")
+    finally:
+        con.unregister("_batch_keys")
+
+
+def _write(con: duckdb.DuckDBPyConnection, rows: Rows, *, consumer: str, known: bool) -> int:
+    """The body of :func:`apply`'s transaction. ``known=False``: insert every event as new (a duplicate
+    event_id raises ConstraintException); ``known=True``: keep only the events whose event_id is new."""
+    new = 0
+    if rows.events:
+        n = len(rows.events["event_id"])
+        if known:
             got = _insert(con, "events", rows.events, returning="event_id", or_ignore=True)
             accepted = {r[0] for r in got}
             new = len(accepted)
-            complete = new == len(rows.events["event_id"])
-            for table, cols in rows.tables.items():
-                cols = cols if complete else _keep(cols, accepted)
-                if cols["event_id"]:
-                    _insert(con, table, cols)
-            if "results" in rows.tables:
-                con.execute(DISPOSITION_SQL)
-        if rows.rejects:
-            _insert(con, "rejects", rows.rejects, or_ignore=True)
-        if rows.last_seq:
-            con.execute(
-                "INSERT OR REPLACE INTO projector_state VALUES ($1, $2, $3)",
-                [consumer, rows.last_seq, time.time()],
-            )
+        else:
+            _insert(con, "events", rows.events)
+            accepted, new = set(), n
+        tables = rows.tables if new == n else {t: _keep(c, accepted) for t, c in rows.tables.items()}
+        tables = {t: c for t, c in tables.items() if c["event_id"]}
+        for table, cols in tables.items():
+            if table != "results":  # results go in with their dispositions, which read the claims
+                _insert(con, table, cols)
+        _update_experiments(con, tables)
+    if rows.rejects:
+        _insert(con, "rejects", rows.rejects, or_ignore=True)
+    if rows.last_seq:
+        con.execute(
+            "INSERT OR REPLACE INTO projector_state VALUES ($1, $2, $3)",
+            [consumer, rows.last_seq, time.time()],
+        )
+    return new
+
+
+def apply(con: duckdb.DuckDBPyConnection, rows: Rows, *, consumer: str) -> int:
+    """Write one projected batch and its last stream sequence in one transaction, and bring the
+    hypotheses it touches up to date in ``experiment_state`` in the same transaction.
+
+    Returns how many events were new (not already projected under their event_id). The batch is first
+    written as all new (the usual case, and the cheapest insert); if an event_id is already there the
+    transaction is rolled back and the batch written again keeping only the new events.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        try:
+            new = _write(con, rows, consumer=consumer, known=False)
+        except duckdb.ConstraintException:
+            con.execute("ROLLBACK")
+            con.unregister("_batch_events")  # left registered by the insert that failed
+            con.execute("BEGIN TRANSACTION")
+            new = _write(con, rows, consumer=consumer, known=True)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -12,6 +12,7 @@ re-applied. Messages that do not decode or validate go to ``rejects`` and are ac
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import duckdb
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from bus import subjects
@@ -46,6 +47,63 @@ def raw_message(msg: Msg) -> RawMessage:
     return RawMessage(int(seq), msg.subject, msg.data, int(ts_ns) / 1e9)
 
 
+async def fetch_batch(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+    """``sub.fetch(batch, timeout)`` without nats-py's per-message ``wait_for`` (about 100 µs a message,
+    the projector's largest cost at 20k events/s): the same pull requests (no_wait first, then one that
+    waits up to ``timeout``), read straight from the subscription's queue. Returns at least one message
+    or raises TimeoutError. Messages still due to a waiting request stay in the queue for the next call,
+    in stream order. Falls back to ``sub.fetch`` if nats-py's internals are not as expected."""
+    inner = getattr(sub, "_sub", None)
+    queue: asyncio.Queue[Msg] | None = getattr(inner, "_pending_queue", None)
+    nms, deliver, nc = getattr(sub, "_nms", None), getattr(sub, "_deliver", None), getattr(sub, "_nc", None)
+    if inner is None or queue is None or not nms or not deliver or nc is None:
+        return await sub.fetch(batch, timeout=timeout)
+    msgs: list[Msg] = []
+
+    def take(msg: Msg) -> str | None:
+        """Keep a stream message; return the status code of a status message (skipped)."""
+        inner._pending_size -= len(msg.data)
+        status = JetStreamContext.is_status_msg(msg)
+        if status is None:
+            msgs.append(msg)
+        return status
+
+    def drain() -> None:
+        while len(msgs) < batch and not queue.empty():
+            take(queue.get_nowait())
+
+    drain()
+    if len(msgs) < batch:
+        # what the server has now, without waiting: it ends a short answer with a 404/408 status
+        await nc.publish(nms, json.dumps({"batch": batch - len(msgs), "no_wait": True}).encode(), deliver)
+        deadline = time.monotonic() + timeout
+        while len(msgs) < batch:
+            try:
+                msg = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+            status = take(msg)
+            if status in (api.StatusCode.NO_MESSAGES, api.StatusCode.REQUEST_TIMEOUT):
+                break
+            drain()
+    if msgs:
+        return msgs
+    # nothing yet: one request that waits for the next message; take what has arrived with it
+    await nc.publish(nms, json.dumps({"batch": batch, "expires": int(timeout * 1e9)}).encode(), deliver)
+    deadline = time.monotonic() + timeout
+    while not msgs:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            take(await asyncio.wait_for(queue.get(), left))
+        except TimeoutError:
+            raise TimeoutError from None
+    await asyncio.sleep(0)  # let the messages sent with it reach the queue
+    drain()
+    return msgs
+
+
 class Projector:
     """Projects the events stream into the DuckDB connection ``con`` (opened with
     :func:`ledger.schema.connect_db`). Only this object writes to ``con``; readers use cursors.
@@ -60,7 +118,7 @@ class Projector:
         con: duckdb.DuckDBPyConnection,
         *,
         consumer: str = subjects.LEDGER_CONSUMER,
-        batch_size: int = 2000,
+        batch_size: int = 10_000,
         fetch_timeout: float = 0.5,
         before_ack: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -139,7 +197,7 @@ class Projector:
             await self.start()
         assert self._sub is not None
         try:
-            msgs = await self._sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+            msgs = await fetch_batch(self._sub, self.batch_size, self.fetch_timeout)
         except (TimeoutError, nats.errors.TimeoutError):
             return 0
         raw = [raw_message(m) for m in msgs]

@@ -42,16 +42,22 @@ def _exp_rows(
 
 
 def best(cur: duckdb.DuckDBPyConnection, run: str, hw_class: str | None = None) -> list[ev.BestRow]:
-    sql = """
-        SELECT ran_on, min(val_bpb), arg_min(hypothesis_id, val_bpb), arg_min(agent, val_bpb),
-            arg_min(description, val_bpb), arg_min(finished_ts, val_bpb)
-        FROM experiments WHERE run = $1 AND status = 'ok' AND val_bpb IS NOT NULL
-    """
+    """Best ok val_bpb per class; among equal values the earliest finished. The minimum is found on
+    the narrow columns first, then its one row is looked up (by finished_seq, a stream sequence)."""
     params: list[Any] = [run]
+    cls = ""
     if hw_class is not None:
-        sql += " AND ran_on = $2"
+        cls = " AND ran_on = $2"
         params.append(hw_class)
-    rows = cur.execute(sql + " GROUP BY ran_on ORDER BY ran_on", params).fetchall()
+    rows = cur.execute(
+        f"""WITH b AS (
+                SELECT ran_on, min(val_bpb) AS val_bpb, arg_min(finished_seq, (val_bpb, finished_seq)) AS seq
+                FROM experiments WHERE run = $1 AND status = 'ok' AND val_bpb IS NOT NULL{cls} GROUP BY ran_on
+            )
+            SELECT b.ran_on, b.val_bpb, x.hypothesis_id, x.agent, x.description, x.finished_ts
+            FROM b JOIN experiments x ON x.run = $1 AND x.finished_seq = b.seq ORDER BY b.ran_on""",
+        params,
+    ).fetchall()
     return [
         ev.BestRow(hw_class=r[0], val_bpb=r[1], hypothesis_id=r[2], agent=r[3], description=r[4] or "",
                    finished_ts=r[5] or 0.0)
@@ -119,9 +125,9 @@ def context(cur: duckdb.DuckDBPyConnection, req: ev.ContextRequest) -> ev.Contex
         "SELECT program_md FROM programs WHERE run = $1 ORDER BY seq DESC LIMIT 1", [req.run]
     ).fetchone()
     counts = cur.execute(
-        """SELECT (SELECT count(*) FROM hypotheses h WHERE run = $1 AND NOT EXISTS (
-                      SELECT 1 FROM results r WHERE r.run = h.run AND r.hypothesis_id = h.hypothesis_id
-                      AND r.disposition = 'result')),
+        # pending: proposals (every HypothesisProposed row) of hypotheses with no result yet
+        """SELECT (SELECT coalesce(sum(proposals) FILTER (WHERE status IS NULL), 0)::BIGINT
+                   FROM experiment_state WHERE run = $1),
                   (SELECT count(*) FROM runners_online WHERE run = $1)""",
         [req.run],
     ).fetchone()

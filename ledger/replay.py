@@ -18,7 +18,7 @@ from nats.js import api as jsapi
 from bus import subjects
 from ledger.errors import ArchiveError, ProjectorError
 from ledger.projection import RawMessage, apply, project
-from ledger.projector import raw_message
+from ledger.projector import fetch_batch, raw_message
 
 REPLAY_CONSUMER = "replay"  # the projector_state key of a replayed database
 
@@ -28,7 +28,7 @@ async def replay_stream(
     con: duckdb.DuckDBPyConnection,
     *,
     start_time: float | None = None,
-    batch_size: int = 10_000,
+    batch_size: int = 50_000,
     consumer: str = REPLAY_CONSUMER,
     fetch_timeout: float = 2.0,
 ) -> int:
@@ -50,7 +50,7 @@ async def replay_stream(
         max_deliver=1,
         mem_storage=True,
     )  # fmt: skip
-    sub = await js.pull_subscribe(">", stream=subjects.STREAM, config=cfg, pending_msgs_limit=4 * batch_size)
+    sub = await js.pull_subscribe(">", stream=subjects.STREAM, config=cfg, pending_msgs_limit=4 * batch_size + 40_000)
     last = 0
     pending: list[RawMessage] = []
     loop = asyncio.get_running_loop()
@@ -58,7 +58,7 @@ async def replay_stream(
     try:
         while last < target:
             try:
-                msgs = await sub.fetch(batch_size, timeout=fetch_timeout)
+                msgs = await fetch_batch(sub, min(batch_size, 10_000), fetch_timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 break  # nothing more at or after start_time (or the tail was deleted)
             for m in msgs:

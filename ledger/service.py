@@ -23,7 +23,7 @@ async def run_ledger(
     *,
     stop: asyncio.Event,
     consumer: str = subjects.LEDGER_CONSUMER,
-    batch_size: int = 2000,
+    batch_size: int = 10_000,
     ready: asyncio.Event | None = None,
     projector_out: list[Projector] | None = None,
 ) -> None:

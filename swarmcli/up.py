@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from swarmcli.main import REPO_ROOT, _check_agent_specs, _fail, _run_async
+from swarmcli.common import REPO_ROOT, _check_agent_specs, _fail, _run_async
 
 DEFAULT_LLM_AGENTS = {"ANTHROPIC_API_KEY": "claude:claude-sonnet-4-5", "OPENAI_API_KEY": "openai:gpt-5"}
 
@@ -218,10 +218,14 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
                 gpu=gpu, threads=cfg.threads, time_scale=cfg.time_scale, calibrate=cfg.calibrate,
             )  # fmt: skip
             tasks[f"runner{i}"] = asyncio.create_task(run_runner(rc, stop=runner_stop))
+        # agents start once the runners have joined, so the first wave sees the hardware classes (and
+        # queues their baselines) and sizes itself to the runners that exist
+        say("  waiting for the runners to prepare data (once per machine) and join...", err=True)
+        await _wait_for_runners(nc, cfg, tasks)
         shares = _split(cfg.max_experiments, len(cfg.agents))
         # runners on a machine without a GPU are of class cpu: agents address cpu work (and edit the cpu
         # profile's knobs); GPU runners serve their own class and `any`
-        hw_class = "any" if cfg.gpus or await asyncio.to_thread(_gpu_count) else "cpu"
+        hw_class = "any" if cfg.gpus or (await asyncio.to_thread(_gpu_count)) > 0 else "cpu"
         for i, spec in enumerate(cfg.agents):
             tasks[f"agent:{spec}"] = asyncio.create_task(
                 run_agent_spec(
@@ -261,6 +265,29 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
         await nc.close()
         await asyncio.to_thread(server.stop)
     _write_report(cfg)
+
+
+async def _wait_for_runners(
+    nc: Any, cfg: UpConfig, tasks: dict[str, asyncio.Task[Any]], timeout: float = 900
+) -> None:
+    """Until ``cfg.runners`` runners are online (they prepare data and calibrate first), or one fails."""
+    from ledger.api import LedgerClient
+
+    client = LedgerClient(nc, cfg.run, timeout=5)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        failed = [name for name, t in tasks.items() if t.done()]
+        if failed:
+            t = tasks[failed[0]]
+            why = repr(t.exception()) if not t.cancelled() and t.exception() else "it exited"
+            raise click.ClickException(f"{failed[0]} stopped before the swarm started: {why}")
+        with contextlib.suppress(Exception):
+            if (await client.context("_up")).runners_online >= cfg.runners:
+                return
+        await asyncio.sleep(0.5)
+    raise click.ClickException(
+        f"the runners did not join within {timeout:.0f} s (see {cfg.state_dir}/{cfg.run})"
+    )
 
 
 def _split(total: int, n: int) -> list[int]:

@@ -85,8 +85,11 @@ async def test_optuna_and_random_agents_end_to_end(
         # dedup: the first random proposal again (exact), and a fresh one that goes through
         first = (await sql(nc, f"SELECT train_py FROM hypotheses WHERE run = '{RUN}' AND agent = 'random-1' "
                                "ORDER BY ts LIMIT 1"))[0][0]  # fmt: skip
-        again = Scripted([[ProposalDraft(description="a repeat", source=first), depth(3)]])
-        s3 = await run_agent(nc, cfg("scripted-1", max_waves=1, baselines=False), again, stop=stop)
+        # (the fresh one builds on the baseline, with a depth outside the searched range: no agent made it)
+        again = Scripted([[ProposalDraft(description="a repeat", source=first), depth(37)]])
+        s3 = await run_agent(
+            nc, cfg("scripted-1", max_waves=1, baselines=False, follow_global_best=False), again, stop=stop
+        )
         info = await js.stream_info(subjects.STREAM)
         await projector.wait_for_seq(info.state.last_seq, timeout=30)
 

@@ -245,3 +245,117 @@ async def test_replay_from_stream_and_archive_equal_live(js: JetStreamContext, t
     partial = db(tmp_path, "partial.duckdb")
     await replay_stream(js, partial, start_time=cut + 3600)
     assert partial.execute("SELECT count(*) FROM events").fetchone() == (0,)
+
+
+def _state(con: duckdb.DuckDBPyConnection) -> list[Any]:
+    return con.execute("SELECT * FROM experiment_state ORDER BY run, hypothesis_id").fetchall()
+
+
+def test_incremental_experiments_equal_a_full_recompute(tmp_path: Path) -> None:
+    """The projector keeps ``experiment_state`` up to date from each batch alone; whatever the batch size
+    and however odd the stream's order, it must equal the state recomputed from the data tables in SQL,
+    and ``experiments`` must equal the original (recompute-everything) view."""
+    import random
+
+    from ledger.projection import RawMessage, apply, project
+    from ledger.schema import ALL_KEYS_SQL, EXPERIMENT_STATE_SQL
+
+    c: dict[str, Any] = {"run": RUN, "source": "t"}
+    rng = random.Random(7)
+    events: list[ev.Event] = list(scenario(120))
+    # odd orders: claims/finishes/decisions before (or without) the proposal, a second proposal, a claim
+    # after the result, a decision before the result, a second run
+    for i in range(40):
+        hid = f"o{i % 13}"
+        kind = rng.randrange(5)
+        if kind == 0:
+            events.append(ev.HypothesisProposed(**c, hypothesis_id=hid, agent="z", train_py="x", train_py_sha256=f"s{i}",
+                                                hw_class="cpu"))  # fmt: skip
+        elif kind == 1:
+            events.append(ev.ExperimentClaimed(**c, hypothesis_id=hid, attempt=rng.randrange(1, 3), runner="w1",
+                                               hardware=HW))  # fmt: skip
+        elif kind == 2:
+            events.append(ev.ExperimentFinished(**c, hypothesis_id=hid, attempt=rng.randrange(1, 3), runner="w1",
+                                                status=rng.choice(["ok", "crash", "lost"]), val_bpb=rng.random()))  # fmt: skip
+        elif kind == 3:
+            events.append(ev.HypothesisDecided(**c, hypothesis_id=hid, decision=rng.choice(["keep", "discard"]), by="z"))
+        else:
+            events.append(ev.ExperimentClaimed(**c, hypothesis_id=f"h{rng.randrange(120)}", attempt=1, runner="w1",
+                                               hardware=ev.Hardware(hw_class="h100")))  # fmt: skip
+    events += scenario(20, run="r2")
+    msgs = [RawMessage(i + 1, subjects.event_subject(e), ev.encode(e)) for i, e in enumerate(events)]
+    reference = """
+        WITH h AS (
+            SELECT * FROM hypotheses QUALIFY row_number() OVER (PARTITION BY run, hypothesis_id ORDER BY seq) = 1
+        ), r AS (SELECT * FROM results WHERE disposition = 'result'
+        ), a AS (SELECT run, hypothesis_id, count(DISTINCT attempt) AS attempts FROM claims GROUP BY run, hypothesis_id
+        ), d AS (SELECT run, hypothesis_id, decision FROM decisions
+            QUALIFY row_number() OVER (PARTITION BY run, hypothesis_id ORDER BY seq DESC) = 1
+        ), c AS (SELECT run, hypothesis_id, attempt, runner, arg_min(hw_class, seq) AS hw_class FROM claims
+            GROUP BY run, hypothesis_id, attempt, runner)
+        SELECT h.run, h.hypothesis_id, h.agent, h.model, h.parent, h.description, h.tier, h.hw_class,
+            h.ts AS proposed_ts, h.seq AS proposed_seq, r.status, r.val_bpb, r.ts AS finished_ts, r.seq AS finished_seq,
+            r.runner, coalesce(nullif(r.hw_class, ''), c.hw_class, CASE WHEN r.status IS NOT NULL THEN h.hw_class END),
+            r.attempt, coalesce(a.attempts, 0), r.training_seconds, r.total_seconds, coalesce(r.reason, ''),
+            coalesce(r.log_tail, ''), d.decision, h.train_py_sha256, h.ast_sha256, h.tags, h.knobs, h.seed,
+            coalesce(r.log_ref, '')
+        FROM h LEFT JOIN r USING (run, hypothesis_id) LEFT JOIN a USING (run, hypothesis_id)
+        LEFT JOIN d USING (run, hypothesis_id)
+        LEFT JOIN c ON c.run = r.run AND c.hypothesis_id = r.hypothesis_id AND c.attempt = r.attempt AND c.runner = r.runner
+        ORDER BY 1, 2"""  # fmt: skip
+    dumps = []
+    for size in (3, 50, len(msgs)):
+        con = db(tmp_path, f"inc{size}.duckdb")
+        for i in range(0, len(msgs), size):
+            apply(con, project(msgs[i : i + size]), consumer="c")
+        # redelivery of a stretch of the stream (new seqs, same event_ids) changes nothing
+        again = [RawMessage(len(msgs) + 1 + j, m.subject, m.data) for j, m in enumerate(msgs[100:160])]
+        assert apply(con, project(again), consumer="c") == 0
+        state = _state(con)
+        con.close()
+        # recompute from the data tables in SQL, and compare with the original view's definition
+        plain = duckdb.connect(str(tmp_path / f"inc{size}.duckdb"))
+        plain.execute("BEGIN")
+        plain.execute("DELETE FROM experiment_state")
+        plain.execute("INSERT INTO experiment_state " + EXPERIMENT_STATE_SQL.format(keys=ALL_KEYS_SQL))
+        assert _state(plain) == state, f"batch size {size}"
+        got = plain.execute("SELECT * EXCLUDE (ran_on), ran_on FROM experiments ORDER BY run, hypothesis_id").fetchall()
+        ref = plain.execute(f"SELECT * FROM ({reference})").fetchall()
+        cols = [d[0] for d in plain.execute("SELECT * FROM experiments LIMIT 0").description or []]
+        i_ran = cols.index("ran_on")
+        assert [tuple(r[:i_ran]) + tuple(r[i_ran + 1 :]) for r in ref] == [tuple(g[:-1]) for g in got]
+        assert [r[i_ran] for r in ref] == [g[-1] for g in got]
+        plain.execute("ROLLBACK")
+        dumps.append(dump(plain))
+        plain.close()
+    assert all(d == dumps[0] for d in dumps)
+
+
+def test_experiments_fast_path_and_rebuild_of_an_old_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream in the usual order is kept up to date from each batch alone (no recompute from the data
+    tables), and a database made before ``experiment_state`` existed gets it filled on open."""
+    import ledger.projection as projection
+    from ledger.projection import RawMessage, apply, project
+
+    def no_recompute(con: duckdb.DuckDBPyConnection, keys: str) -> None:
+        raise AssertionError("recomputed in SQL")
+
+    events = scenario(60)
+    msgs = [RawMessage(i + 1, subjects.event_subject(e), ev.encode(e)) for i, e in enumerate(events)]
+    con = db(tmp_path, "fast.duckdb")
+    with monkeypatch.context() as m:
+        m.setattr(projection, "refresh_experiments", no_recompute)
+        for i in range(0, len(msgs), 17):
+            apply(con, project(msgs[i : i + 17]), consumer="c")
+    want = _state(con)
+    exp = con.execute("SELECT * FROM experiments ORDER BY hypothesis_id").fetchall()
+    assert len(exp) == 60 and len(want) == 60
+    con.execute("DROP VIEW class_stats")
+    con.execute("DROP VIEW leaderboard")
+    con.execute("DROP VIEW frontier")
+    con.execute("DROP VIEW experiments")
+    con.execute("DROP TABLE experiment_state")
+    con.close()
+    again = db(tmp_path, "fast.duckdb")
+    assert _state(again) == want
+    assert again.execute("SELECT * FROM experiments ORDER BY hypothesis_id").fetchall() == exp

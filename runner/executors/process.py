@@ -101,6 +101,8 @@ class ProcessExecutor:
             "SWARM_TIME_BUDGET": f"{job.budget_seconds:g}",
             "SWARM_SEED": str(job.seed),
             "TORCHINDUCTOR_CACHE_DIR": str(self.config.state_dir.resolve() / "compile_cache"),
+            # idle OpenMP threads spin by default: under CPU contention that made a forward pass 2-3x slower
+            "OMP_WAIT_POLICY": "PASSIVE",
             **job.env,
             **extra,
         }
