@@ -1,4 +1,5 @@
-# The runner image: what the docker executor runs train.py and the trusted evaluation in.
+# The swarm image: the services of compose.yaml (swarm ledger / runner / agent), and what the docker
+# executor runs train.py and the trusted evaluation in.
 #   docker build -t swarm-runner:latest .
 #   swarm runner --executor docker --docker-image swarm-runner:latest --gpu 0
 # The runner itself runs on the host (it talks to NATS); each experiment gets a fresh container from
@@ -11,16 +12,20 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1
 
-# The harness's own dependencies (prepare.py / train.py); torch comes with the base image.
-RUN python -m pip install --no-cache-dir "numpy>=1.26" "tokenizers>=0.20" "pyarrow>=18" "requests>=2.31"
+# The whole project (the `swarm` command: ledger, runner, agents) on top of the base image's torch
+# (pyproject asks for torch>=2.5, which the base satisfies, so pip adds no second torch).
+COPY --chown=root pyproject.toml README.md prepare.py train.py program.md /opt/swarm/
+COPY bus /opt/swarm/bus
+COPY ledger /opt/swarm/ledger
+COPY runner /opt/swarm/runner
+COPY agents /opt/swarm/agents
+COPY swarmcli /opt/swarm/swarmcli
+RUN python -m pip install --no-cache-dir /opt/swarm
 
-# An unprivileged user for experiments; the runner bind-mounts the job dir at its host path.
+# An unprivileged user for services and experiments; the runner bind-mounts each job dir at its host path.
 RUN useradd --create-home --uid 10001 swarm
 USER swarm
 WORKDIR /home/swarm
 
-# The pristine harness is bind-mounted per job by the runner (never baked from a hypothesis); a copy
-# here only serves `docker run swarm-runner python prepare.py` by hand.
-COPY --chown=swarm prepare.py train.py /home/swarm/
-
-CMD ["python", "-c", "import torch; print(torch.__version__, torch.cuda.is_available())"]
+ENTRYPOINT []
+CMD ["swarm", "--help"]

@@ -223,7 +223,7 @@ def status(nats_url: str, run: str, limit: int) -> None:
         try:
             view = LedgerView(nc, run)
             snap = await view.snapshot(limit)
-            Console().print(render_status(snap, run))
+            Console(width=None if sys.stdout.isatty() else 150).print(render_status(snap, run))
         except TimeoutError:
             _fail(f"no ledger answered for run {run!r}: start one with `swarm ledger` (or `swarm up`)")
         finally:
@@ -378,7 +378,7 @@ def compare(db: Path, runs: str | None, by: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, default=str))
     else:
-        Console().print(render_table(result))
+        Console(width=None if sys.stdout.isatty() else 150).print(render_table(result))
 
 
 @cli.command()

@@ -258,7 +258,7 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
                 snap = await view.snapshot(20)
                 from rich.console import Console
 
-                Console().print(render_status(snap, cfg.run, header=f"{time.monotonic() - t0:.0f} s"))
+                Console(width=None if sys.stdout.isatty() else 150).print(render_status(snap, cfg.run, header=f"{time.monotonic() - t0:.0f} s"))
             await view.close()
         ledger_stop.set()
         await _gather(tasks, "ledger")
@@ -326,7 +326,7 @@ async def _watch(
 
     agents = [t for name, t in tasks.items() if name.startswith("agent:")]
     services = [t for name, t in tasks.items() if not name.startswith("agent:")]
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)
     live = Live(console=console, refresh_per_second=2, transient=False) if cfg.live else None
     seen_finished = 0
     if live:
