@@ -67,6 +67,10 @@ class AgentConfig:
     max_experiments: int | None = None
     max_waves: int | None = None
     max_cost_usd: float | None = None
+    # fair share: stop when the GPU-seconds of this agent's results (plus what it has in flight, at its
+    # mean duration) reach this; give every agent the same figure to give each the same compute
+    max_gpu_seconds: float | None = None
+    isolated: bool = False  # see only its own results and the baselines (no other agent's work)
     max_empty_waves: int = 5  # consecutive waves with nothing published before giving up
     max_bus_failures: int = 8  # consecutive waves that failed on the bus before giving up
     wave_timeout: float = 3600.0  # longest wait for one wave's results
@@ -204,10 +208,22 @@ class Agent:
 
     async def request(self, op: str, req: Any) -> Any | None:
         try:
-            msg = await self.nc.request(subjects.api(self.cfg.run, op), encode_msg(req), timeout=self.cfg.request_timeout)
+            msg = await self.nc.request(
+                subjects.api(self.cfg.run, op), encode_msg(req), timeout=self.cfg.request_timeout
+            )
             return reply_decoder.decode(msg.data)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, msgspec.DecodeError, TimeoutError) as e:
-            log.info("%s: ledger %s request failed (%s); using the local view", self.cfg.agent, op, type(e).__name__)
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            msgspec.DecodeError,
+            TimeoutError,
+        ) as e:
+            log.info(
+                "%s: ledger %s request failed (%s); using the local view",
+                self.cfg.agent,
+                op,
+                type(e).__name__,
+            )
             return None
 
     async def context_reply(self) -> ContextReply:
@@ -242,7 +258,25 @@ class Agent:
                  runners, pending, agents, k)  # fmt: skip
         if self.cfg.max_experiments is not None:
             k = min(k, self.cfg.max_experiments - self.stats.proposed)
+        if self.cfg.max_gpu_seconds is not None:
+            used, in_flight, mean = self.gpu_seconds()
+            k = (
+                min(k, math.floor((self.cfg.max_gpu_seconds - used) / mean) - in_flight)
+                if mean
+                else min(k, 1)
+            )
         return max(0, k)
+
+    def gpu_seconds(self) -> tuple[float, int, float]:
+        """(GPU-seconds of this agent's finished results, its hypotheses in flight, mean seconds per result)."""
+        own = [h for h, p in self.tail.proposals.items() if p.agent == self.cfg.agent]
+        done = [self.tail.finished[h].total_seconds for h in own if h in self.tail.finished]
+        used = sum(done)
+        return used, len(own) - len(done), (used / len(done) if done else 0.0)
+
+    def sees(self, agent: str) -> bool:
+        """Whether this agent may see results of ``agent`` (isolated agents see themselves and baselines)."""
+        return not self.cfg.isolated or agent in (self.cfg.agent, BASELINE)
 
     def sigma_of(self, reply: ContextReply, cls: str, reference: float) -> float:
         for s in reply.stats:
@@ -262,7 +296,7 @@ class Agent:
             v = self.tail.ok_val(hid)
             if d.decision != "keep" or p is None or v is None:
                 continue
-            if p.agent != self.cfg.agent and not self.cfg.follow_global_best:
+            if p.agent != self.cfg.agent and (self.cfg.isolated or not self.cfg.follow_global_best):
                 continue
             if self.cfg.hw_class != "any" and self.tail.ran_on(hid) != self.cfg.hw_class:
                 continue
@@ -317,7 +351,10 @@ class Agent:
         )
 
     async def observe_new(self) -> None:
-        new = [h for h in self.tail.finish_order if h not in self.observed and h in self.tail.proposals]
+        new = [
+            h for h in self.tail.finish_order
+            if h not in self.observed and h in self.tail.proposals and self.sees(self.tail.proposals[h].agent)
+        ]  # fmt: skip
         self.observed.update(new)
         if new:
             await self.proposer.observe([self.result_of(h) for h in new])
@@ -358,7 +395,16 @@ class Agent:
         )
         if draft is not None:
             await self.proposer.observe(
-                [Result(draft.hypothesis_id, self.cfg.agent, "rejected", knobs=draft.knobs, own=True, reason=rej.reason)]
+                [
+                    Result(
+                        draft.hypothesis_id,
+                        self.cfg.agent,
+                        "rejected",
+                        knobs=draft.knobs,
+                        own=True,
+                        reason=rej.reason,
+                    )
+                ]
             )
 
     def validate(self, draft: ProposalDraft, parent_source: str) -> Validated:
@@ -413,7 +459,9 @@ class Agent:
             cls = self.cfg.validate_class or self.tail.ran_on(orig) or p.hw_class
             hid = str(uuid.uuid4())
             v = Validated(p.train_py, p.train_py_sha256, p.ast_sha256, unified_diff(p.train_py, p.train_py))
-            draft = ProposalDraft(description=f"repeat of {orig[:8]}: {p.description}"[:500], rationale="confirm")
+            draft = ProposalDraft(
+                description=f"repeat of {orig[:8]}: {p.description}"[:500], rationale="confirm"
+            )
             ev = self.proposed_event(hid, draft, v, orig, [REPEAT_TAG], cls, "validate")
             self.repeats_of[hid] = orig
             await self.publish_hypothesis(ev)
@@ -447,6 +495,13 @@ class Agent:
         if k <= 0:
             await self.flush()
             return published
+        if cfg.isolated:
+            reply = msgspec.structs.replace(
+                reply,
+                best=[b for b in reply.best if self.sees(b.agent)],
+                recent=[r for r in reply.recent if self.sees(r.agent)],
+                notes=[n for n in reply.notes if n.agent == cfg.agent],
+            )
         parent_id, parent_source, parent_val = self.parent()
         sigma = {s.hw_class: self.sigma_of(reply, s.hw_class, s.baseline_mean or 1.0) for s in reply.stats}
         ctx = AgentContext(
@@ -459,8 +514,11 @@ class Agent:
             parent_source=parent_source,
             parent_val_bpb=parent_val,
             hw_class=cfg.hw_class,
-            best_sources={b.hw_class: self.tail.proposals[b.hypothesis_id].train_py
-                          for b in reply.best if b.hypothesis_id in self.tail.proposals},
+            best_sources={
+                b.hw_class: self.tail.proposals[b.hypothesis_id].train_py
+                for b in reply.best
+                if b.hypothesis_id in self.tail.proposals
+            },
             rejections=self.rejections,
             crashes=self.crashes,
             results=self.decided_results,
@@ -546,7 +604,9 @@ class Agent:
                 if reply is None:
                     reply = await self.context_reply()
                 await self.decide(orig, reply, repeat=hid)
-                await self.publish_decision(hid, "discard", f"confirmation run of {orig} (decided there)", r.val_bpb)
+                await self.publish_decision(
+                    hid, "discard", f"confirmation run of {orig} (decided there)", r.val_bpb
+                )
                 continue
             if reply is None:
                 reply = await self.context_reply()
@@ -560,7 +620,9 @@ class Agent:
 
     async def decide(self, hid: str, reply: ContextReply, repeat: str | None = None) -> None:
         cls = self.tail.ran_on(hid)
-        values = [v for v in (self.tail.ok_val(hid), self.tail.ok_val(repeat) if repeat else None) if v is not None]
+        values = [
+            v for v in (self.tail.ok_val(hid), self.tail.ok_val(repeat) if repeat else None) if v is not None
+        ]
         if repeat is not None and self.tail.ok_val(repeat) is None:
             values = []  # the confirmation failed
         if values and self.cfg.baselines and self.baseline_mean(cls, reply) is None:
@@ -569,7 +631,8 @@ class Agent:
             # began), so queue its baselines first.
             await self.queue_baselines({cls})
             await self.tail.wait_until(
-                lambda: self.baseline_mean(cls, reply) is not None or self.stop.is_set(), self.cfg.wave_timeout
+                lambda: self.baseline_mean(cls, reply) is not None or self.stop.is_set(),
+                self.cfg.wave_timeout,
             )
         ref = self.reference(hid, cls, reply)
         sigma = self.sigma_of(reply, cls, ref if ref is not None else (values[0] if values else 1.0))
@@ -582,7 +645,9 @@ class Agent:
             self.to_repeat.append(hid)
             self.awaiting_repeat.add(hid)
             return
-        await self.publish_decision(hid, verdict, why, sum(values) / len(values) if values else None, ref, sigma)
+        await self.publish_decision(
+            hid, verdict, why, sum(values) / len(values) if values else None, ref, sigma
+        )
 
     async def publish_decision(
         self, hid: str, decision: str, reason: str, val: float | None,
@@ -608,6 +673,10 @@ class Agent:
             return "max_waves reached"
         if cfg.max_cost_usd is not None and self.stats.cost_usd >= cfg.max_cost_usd:
             return "max_cost_usd reached"
+        if cfg.max_gpu_seconds is not None:
+            used, in_flight, mean = self.gpu_seconds()
+            if used + in_flight * mean >= cfg.max_gpu_seconds:
+                return "max_gpu_seconds reached"
         return None
 
     async def run(self) -> AgentStats:
@@ -668,7 +737,12 @@ class Agent:
                 await self.flush()
                 await publish(
                     self.js,
-                    AgentLeft(run=cfg.run, source=cfg.agent, agent=cfg.agent, reason=self.stats.stopped_because or "error"),
+                    AgentLeft(
+                        run=cfg.run,
+                        source=cfg.agent,
+                        agent=cfg.agent,
+                        reason=self.stats.stopped_because or "error",
+                    ),
                 )
             finally:
                 await self.tail.stop()

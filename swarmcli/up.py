@@ -111,6 +111,11 @@ def _port_free(host: str, port: int) -> bool:
     show_default=True,
     help="Runners measure the baseline's steps/s once.",
 )
+@click.option("--gpu-seconds-per-agent", type=float, default=None,
+              help="Fair share: each agent stops at this many GPU-seconds of results (compare reports the shares).")  # fmt: skip
+@click.option(
+    "--isolated", is_flag=True, help="Agents see only their own results and the baselines, not each other's."
+)
 def up(
     run: str | None,
     agent_specs: str | None,
@@ -128,6 +133,8 @@ def up(
     live: bool | None,
     report: Path | None,
     calibrate: bool,
+    gpu_seconds_per_agent: float | None,
+    isolated: bool,
 ) -> None:
     """Run a whole swarm on this machine: nats-server, ledger, runners, agents; Ctrl-C stops cleanly.
 
@@ -163,6 +170,7 @@ def up(
         baseline_repeats=baseline_repeats, time_scale=time_scale, duration=duration, host=host, port=port,
         live=sys.stdout.isatty() if live is None else live,
         report=report or state_dir / run / "report.html", calibrate=calibrate,
+        extra={"max_gpu_seconds": gpu_seconds_per_agent, "isolated": isolated},
     )  # fmt: skip
     _run_async(lambda stop: run_up(cfg, stop))
 
@@ -239,6 +247,7 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
                     baseline_repeats=cfg.baseline_repeats,
                     hw_class=hw_class,
                     budget_seconds=cfg.budget_seconds,
+                    **cfg.extra,
                 )
             )
         view = LedgerView(nc, cfg.run)
@@ -258,7 +267,9 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
                 snap = await view.snapshot(20)
                 from rich.console import Console
 
-                Console(width=None if sys.stdout.isatty() else 150).print(render_status(snap, cfg.run, header=f"{time.monotonic() - t0:.0f} s"))
+                Console(width=None if sys.stdout.isatty() else 150).print(
+                    render_status(snap, cfg.run, header=f"{time.monotonic() - t0:.0f} s")
+                )
             await view.close()
         ledger_stop.set()
         await _gather(tasks, "ledger")

@@ -161,3 +161,29 @@ def test_people_commands_against_a_running_ledger(
     assert ledger_proc.wait(30) == 0
     ((n,),) = query(db, "SELECT count(*) FROM results WHERE run = 'people'")
     assert n == 1
+
+
+def test_up_fair_share_and_isolated_agents(tmp_path: Path) -> None:
+    """Fair share: each agent stops at the same GPU-seconds, measured within 10 %; isolated agents
+    build only on their own hypotheses (or the baseline)."""
+    state = tmp_path / "state"
+    r = swarm(
+        "up", "--executor", "simulated", "--time-scale", "0.002", "--max-experiments", "1000", "--no-live",
+        "--run", "fair", "--state-dir", str(state), "--port", str(free_port()), "--baseline-repeats", "2",
+        "--runners", "4", "--gpu-seconds-per-agent", "16", "--isolated",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = swarm("compare", "--db", str(state / "ledger.duckdb"), "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    groups = {g["name"]: g for g in json.loads(r.stdout)["groups"]}
+    secs = [groups["optuna-tpe"]["gpu_seconds"], groups["random-random"]["gpu_seconds"]]
+    assert min(secs) > 0 and abs(secs[0] - secs[1]) / (sum(secs) / 2) < 0.10, secs
+    assert all(g["experiments"] < 500 for g in groups.values())  # the GPU-seconds budget stopped them
+    rows = query(
+        state / "ledger.duckdb",
+        "SELECT h.agent, p.agent FROM hypotheses h JOIN hypotheses p ON p.hypothesis_id = h.parent "
+        "WHERE h.run = 'fair' AND h.agent <> 'baseline'",
+    )
+    assert rows and all(child == parent for child, parent in rows), rows
