@@ -46,13 +46,27 @@ class Lease:
             if not self.nc.is_connected:
                 raise ConnectionError("not connected")
             await self.msg.in_progress()
-            await self.nc.flush(timeout=max(0.5, min(5.0, self.ack_wait / 4)))
+            await self._round_trip(timeout=max(0.5, min(5.0, self.ack_wait / 4)))
         except Exception as e:  # any failure means: not renewed; held() decides when it is lost
             self.failures += 1
             log.warning("lease renewal failed (%s); %.1f s since the last one", e, self.age())
             return self.held()
         self.renewed_at = sent
         return True
+
+    async def _round_trip(self, timeout: float) -> None:
+        """PING/PONG, like ``nc.flush(timeout)``, except that a PONG arriving after the timeout finds its
+        future still pending. nats-py's flush cancels the future on timeout; the late PONG's
+        ``set_result`` then raises InvalidStateError in the client's read loop, which ends it for good
+        (the connection never reads again, so every later publish times out). A server paused past the
+        flush timeout did exactly that to runners."""
+        send_ping = getattr(self.nc, "_send_ping", None)
+        if send_ping is None:  # not nats-py's client (or its internals changed)
+            await self.nc.flush(timeout=timeout)
+            return
+        pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await send_ping(pong)
+        await asyncio.wait_for(asyncio.shield(pong), timeout)
 
     async def keep(self) -> None:
         """Renew about every third of ack_wait until cancelled or released."""

@@ -6,9 +6,11 @@ Namespace isolation (``unshare`` + ``setpriv``, Linux) guarantees, for the step 
 
 * ``hidden`` paths are covered by an empty, unreadable tmpfs (the validation split and the prepare cache
   during training): the files are not reachable by any path, even by a root process;
+* the whole file system is read-only (the root is re-bound read-only; /dev, /proc and /dev/shm keep
+  their own mounts), so train.py cannot write to /tmp or anywhere else outside its work dir;
 * ``readonly`` paths (the runner's state dir with its pristine prepare.py and other jobs, the repo, the
   interpreter's prefixes, the runner user's home) are bind-mounted read-only, ``writable`` paths (the job's
-  work dir) stay writable;
+  work dir) are bound writable;
 * no network (an empty network namespace: only a down loopback);
 * a pid namespace whose init is the step: when it dies or is killed, every process it started dies too,
   including ones that called setsid;
@@ -117,7 +119,7 @@ def namespace_available(user_ns: bool) -> bool:
 def wrap_namespace(cmd: Sequence[str], iso: Isolation, *, user_ns: bool) -> list[str]:
     """``cmd`` wrapped in unshare (mount, net, pid namespaces) + mounts + setpriv (no capabilities)."""
     q = shlex.quote
-    lines = ["set -e"]
+    lines = ["set -e", "mount --rbind / /", "mount -o remount,bind,ro /"]
     for p in iso.readonly:
         if Path(p).exists():
             lines.append(f"mount --bind {q(str(p))} {q(str(p))}")
@@ -129,6 +131,9 @@ def wrap_namespace(cmd: Sequence[str], iso: Isolation, *, user_ns: bool) -> list
     for p in iso.hidden:
         if Path(p).exists():
             lines.append(f"mount -t tmpfs -o ro,size=4k,mode=000 swarm-hidden {q(str(p))}")
+    # the working directory was entered before these mounts: re-enter it through them, or paths relative
+    # to it would still reach the file system as it was (writable, validation files visible)
+    lines.append('cd "$(pwd)"')
     lines.append('exec setpriv --bounding-set=-all --no-new-privs -- "$@"')
     unshare = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
     unshare += ["--propagation", "private"]
