@@ -13,10 +13,11 @@ import ast
 import difflib
 import functools
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents.errors import ValidationError
+from bus.trainpy import module_level_problems
 
 TRAIN_PY = "train.py"
 MAX_SOURCE_BYTES = 256 * 1024
@@ -85,74 +86,12 @@ def _excerpt(text: str, n: int = 120) -> str:
 # --------------------------------------------------------------------------------------------------
 # module-level side effects
 
-# calls allowed in a module-level assignment: pure constructors and lookups
-_SAFE_CALLS = frozenset(
-    {
-        "int", "float", "str", "bool", "tuple", "list", "dict", "set", "frozenset", "range", "len", "min",
-        "max", "abs", "round", "sum", "sorted", "getattr", "isinstance", "field", "dataclasses.field",
-        "os.environ.get", "os.getenv", "math.sqrt", "math.log", "math.log2", "math.exp", "math.ceil",
-        "math.floor", "torch.device", "torch.cuda.is_available", "torch.backends.mps.is_available",
-        "namedtuple", "collections.namedtuple", "TypeVar", "typing.TypeVar", "NamedTuple", "partial",
-        "functools.partial", "logging.getLogger", "Path", "pathlib.Path",
-    }
-)  # fmt: skip
-
-
-def _dotted(node: ast.expr) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
-    return "?"
-
-
-def _pure_expr(node: ast.expr) -> bool:
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Call) and _dotted(sub.func) not in _SAFE_CALLS:
-            return False
-        if isinstance(sub, ast.Await | ast.Yield | ast.YieldFrom | ast.NamedExpr):
-            return False
-    return True
-
-
-def _is_main_guard(node: ast.If) -> bool:
-    t = node.test
-    return (
-        isinstance(t, ast.Compare)
-        and isinstance(t.left, ast.Name)
-        and t.left.id == "__name__"
-        and len(t.comparators) == 1
-        and isinstance(t.comparators[0], ast.Constant)
-        and t.comparators[0].value == "__main__"
-    )
-
-
-def _stmt_ok(node: ast.stmt) -> bool:
-    match node:
-        case ast.Import() | ast.ImportFrom() | ast.FunctionDef() | ast.AsyncFunctionDef() | ast.ClassDef():
-            return True
-        case ast.Pass():
-            return True
-        case ast.Expr(value=ast.Constant()):
-            return True  # docstring
-        case ast.Assign(value=v) | ast.AnnAssign(value=v) | ast.AugAssign(value=v):
-            return v is None or _pure_expr(v)
-        case ast.If():
-            if _is_main_guard(node):
-                return True
-            return _pure_expr(node.test) and all(_stmt_ok(s) for s in node.body + node.orelse)
-        case ast.Try():
-            # try: import x / except ImportError: fallback
-            return all(_stmt_ok(s) for s in node.body + node.orelse + node.finalbody) and all(
-                _stmt_ok(s) for h in node.handlers for s in h.body
-            )
-    return False
+# The rule is the runner's own (bus/trainpy.py): what an agent publishes, a runner will run.
 
 
 def module_side_effects(source: str) -> list[str]:
     """Module-level statements that do something at import (``ast.dump`` of each, for comparison)."""
-    tree = ast.parse(source)
-    return [ast.dump(n) for n in tree.body if not _stmt_ok(n)]
+    return [ast.dump(n) for n, _ in module_level_problems(source)]
 
 
 @functools.lru_cache(maxsize=8)
@@ -162,16 +101,6 @@ def _parent_side_effects(parent: str) -> frozenset[str]:
         return frozenset(module_side_effects(parent))
     except SyntaxError:
         return frozenset()
-
-
-def _describe(source: str, dumped: Iterable[str]) -> list[str]:
-    bad = set(dumped)
-    lines = source.splitlines()
-    return [
-        f"line {n.lineno}: {lines[n.lineno - 1].strip()[:80]}"
-        for n in ast.parse(source).body
-        if ast.dump(n) in bad
-    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,9 +137,9 @@ def validate_source(source: str, parent: str, *, max_bytes: int = MAX_SOURCE_BYT
     except (SyntaxError, ValueError) as e:
         raise ValidationError(f"train.py does not compile: {e}") from e
     allowed = _parent_side_effects(parent)
-    new = [d for d in module_side_effects(source) if d not in allowed]
+    new = [why for n, why in module_level_problems(source) if ast.dump(n) not in allowed]
     if new:
-        where = "; ".join(_describe(source, new)[:3])
+        where = "; ".join(new[:3])
         raise ValidationError(
             "train.py must be importable without side effects: module level may only hold imports, defs, "
             f"classes, constant assignments and the `if __name__ == \"__main__\":` guard; offending: {where}"

@@ -70,7 +70,10 @@ def test_validate_rejects_non_compiling_and_side_effects_and_size() -> None:
         validate_source(SRC + "\nDATA = open('/etc/passwd').read()\n", SRC)
     with pytest.raises(ValidationError, match="limit"):
         validate_source(SRC + "#" * 300_000, SRC)
-    ok = validate_source(SRC + "\nSEQ = int(2**8)\n", SRC)
+    # the runner's rule: no calls at module level, not even harmless-looking ones (a runner would refuse it)
+    with pytest.raises(ValidationError, match="call at line"):
+        validate_source(SRC + "\nSEQ = int(2**8)\n", SRC)
+    ok = validate_source(SRC + "\nSEQ = 2**8\n", SRC)
     assert ok.sha256 == sha256(ok.source) and ok.diff.startswith("--- a/train.py")
     # a side effect the parent already has is the harness's business, not the proposal's
     parent = SRC + "\nprint('hi')\n"
