@@ -43,7 +43,8 @@ class UpConfig:
     live: bool
     report: Path
     calibrate: bool
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # AgentConfig fields for every agent
+    secure: bool = False
 
 
 def _gpu_count() -> int:
@@ -113,6 +114,8 @@ def _port_free(host: str, port: int) -> bool:
 )
 @click.option("--gpu-seconds-per-agent", type=float, default=None,
               help="Fair share: each agent stops at this many GPU-seconds of results (compare reports the shares).")  # fmt: skip
+@click.option("--secure", is_flag=True,
+              help="Per-role NATS users (agent, runner, ledger, admin) in <state-dir>/creds for machines that join.")  # fmt: skip
 @click.option(
     "--isolated", is_flag=True, help="Agents see only their own results and the baselines, not each other's."
 )
@@ -134,6 +137,7 @@ def up(
     report: Path | None,
     calibrate: bool,
     gpu_seconds_per_agent: float | None,
+    secure: bool,
     isolated: bool,
 ) -> None:
     """Run a whole swarm on this machine: nats-server, ledger, runners, agents; Ctrl-C stops cleanly.
@@ -171,6 +175,7 @@ def up(
         live=sys.stdout.isatty() if live is None else live,
         report=report or state_dir / run / "report.html", calibrate=calibrate,
         extra={"max_gpu_seconds": gpu_seconds_per_agent, "isolated": isolated},
+        secure=secure,
     )  # fmt: skip
     _run_async(lambda stop: run_up(cfg, stop))
 
@@ -189,8 +194,19 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
     run_dir = cfg.state_dir / cfg.run
     run_dir.mkdir(parents=True, exist_ok=True)
     port = cfg.port if cfg.port is not None else (4222 if _port_free(cfg.host, 4222) else None)
+    auth = ""
+    if cfg.secure:
+        # per-role users for machines that join; the processes started here connect as admin
+        from bus import security
+
+        creds_dir = cfg.state_dir / "creds"
+        passwords = security.generate(creds_dir)
+        auth = (creds_dir / "auth.conf").read_text()
+        os.environ["SWARM_NATS_USER"], os.environ["SWARM_NATS_PASSWORD"] = "admin", passwords["admin"]
+        say(f"  secure: per-role users in {creds_dir} (give a runner machine runner.env, an agent machine agent.env)",
+            err=True)  # fmt: skip
     server = EmbeddedServer(
-        cfg.state_dir / "nats", host=cfg.host, port=port, log_file=cfg.state_dir / "nats.log"
+        cfg.state_dir / "nats", host=cfg.host, port=port, log_file=cfg.state_dir / "nats.log", config=auth
     )
     await asyncio.to_thread(server.start)
     url = server.url if cfg.host != "0.0.0.0" else f"nats://127.0.0.1:{server.port}"

@@ -187,3 +187,20 @@ def test_up_fair_share_and_isolated_agents(tmp_path: Path) -> None:
         "WHERE h.run = 'fair' AND h.agent <> 'baseline'",
     )
     assert rows and all(child == parent for child, parent in rows), rows
+
+
+def test_up_secure_writes_per_role_users_and_runs_under_them(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    r = swarm(
+        "up", "--executor", "simulated", "--time-scale", "0.002", "--max-experiments", "2", "--no-live",
+        "--run", "sec", "--state-dir", str(state), "--port", str(free_port()), "--baseline-repeats", "1",
+        "--agents", "random", "--secure",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    creds = state / "creds"
+    assert {p.name for p in creds.iterdir()} == {"auth.conf", "admin.env", "agent.env", "runner.env", "ledger.env"}
+    assert "authorization" in (state / "nats" / "nats-server.conf").read_text()
+    password = (creds / "runner.env").read_text().split("SWARM_NATS_PASSWORD=")[1].strip()
+    assert password not in r.stdout + r.stderr  # never logged
+    ((n,),) = query(state / "ledger.duckdb", "SELECT count(status) FROM experiments WHERE run = 'sec'")
+    assert n == 3
