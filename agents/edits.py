@@ -12,12 +12,11 @@ from __future__ import annotations
 import ast
 import difflib
 import functools
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents.errors import ValidationError
-from bus.trainpy import module_level_problems
+from bus.trainpy import ast_sha256, module_level_problems, sha256
 
 TRAIN_PY = "train.py"
 MAX_SOURCE_BYTES = 256 * 1024
@@ -29,16 +28,6 @@ class Edit:
     search: str
     replace: str
     file: str = TRAIN_PY
-
-
-def sha256(source: str) -> str:
-    return hashlib.sha256(source.encode()).hexdigest()
-
-
-def ast_sha256(source: str) -> str:
-    """sha256 of the normalised AST: comments, blank lines, quotes and layout do not change it."""
-    tree = ast.parse(source)
-    return hashlib.sha256(ast.dump(tree, annotate_fields=False, include_attributes=False).encode()).hexdigest()
 
 
 def unified_diff(parent: str, child: str, name: str = TRAIN_PY) -> str:

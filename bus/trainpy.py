@@ -27,6 +27,7 @@ obvious abuse, the sandbox (executors) is the defence against hostile code.
 from __future__ import annotations
 
 import ast
+import hashlib
 
 _FORBIDDEN_EXPR = (
     ast.Call,
@@ -163,3 +164,16 @@ def module_level_problems(source: str) -> list[tuple[ast.stmt, str]]:
     Raises SyntaxError if it does not parse."""
     tree = ast.parse(source, filename="train.py")
     return [(node, why) for node in tree.body if (why := stmt_problem(node)) is not None]
+
+
+def sha256(source: str) -> str:
+    """The exact identity of a train.py (``train_py_sha256`` in events)."""
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def ast_sha256(source: str) -> str:
+    """sha256 of the normalised AST: comments, blank lines, quotes and layout do not change it."""
+    tree = ast.parse(source)
+    return hashlib.sha256(
+        ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
+    ).hexdigest()

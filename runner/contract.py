@@ -4,7 +4,6 @@ agents), train.py's knobs, and how its output is read."""
 from __future__ import annotations
 
 import ast
-import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -12,10 +11,6 @@ from typing import Any
 
 from bus.trainpy import stmt_problem
 from runner.errors import ContractViolation
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def check_module_level(source: str) -> None:

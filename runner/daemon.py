@@ -45,6 +45,7 @@ from bus.events import (
     Status,
     decode,
 )
+from bus.trainpy import sha256
 from runner import contract, hardware, node
 from runner.config import DEFAULT_BUDGET, EVAL_SECONDS, STARTUP_SECONDS, RunnerConfig
 from runner.errors import ContractViolation, RunnerError
@@ -219,7 +220,7 @@ class Runner:
             steps_per_second=steps / secs,
             tokens_per_second=summary.get("total_tokens_M") * 1e6 / secs,
             seconds=res.seconds,
-            train_py_sha256=contract.sha256(source),
+            train_py_sha256=sha256(source),
         )
 
     # -- acquiring work -------------------------------------------------------------------------------
@@ -379,7 +380,7 @@ class Runner:
     async def _prepare(self, item: Item) -> None:
         """Check the hypothesis and lay out its job (pipelined: may run while another job trains)."""
         hyp = item.hyp
-        if contract.sha256(hyp.train_py) != hyp.train_py_sha256:
+        if sha256(hyp.train_py) != hyp.train_py_sha256:
             item.rejected = "train.py does not match its train_py_sha256 (corrupted or tampered in transit)"
             return
         try:

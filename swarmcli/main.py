@@ -8,7 +8,6 @@ running across machines, and its tools (status, logs, report, compare, replay, e
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 import click
 
 from bus import events as ev
+from bus.trainpy import ast_sha256, sha256
 from swarmcli.common import REPO_ROOT, _check_agent_specs, _connect, _fail, _run_async
 
 nats_option = click.option(
@@ -193,7 +193,7 @@ def submit(
     hid = f"h-{uuid.uuid4().hex[:12]}"
     event = ev.HypothesisProposed(
         run=run, source=author, hypothesis_id=hid, agent=author, model="human", train_py=source,
-        train_py_sha256=hashlib.sha256(source.encode()).hexdigest(), parent=parent, diff=diff,
+        train_py_sha256=sha256(source), ast_sha256=ast_sha256(source), parent=parent, diff=diff,
         description=description, tier=tier, hw_class=hw_class,  # type: ignore[arg-type]
     )  # fmt: skip
 

@@ -12,8 +12,8 @@ from nats.js import JetStreamContext
 
 from bus import publish, subjects
 from bus.events import AnyEvent, HypothesisProposed, decode, new_event_id
+from bus.trainpy import sha256
 from runner.config import RunnerConfig
-from runner.contract import sha256
 from runner.testing import FAKE_PREPARE_PY
 
 RUN = "t"
