@@ -68,7 +68,9 @@ def cli(verbose: int) -> None:
 def ledger(nats_url: str, db: Path) -> None:
     """Run the ledger: project the event stream into DuckDB and answer the read API."""
     from ledger.service import run_ledger
+    from runner.config import absolute
 
+    db = absolute(db)
     db.parent.mkdir(parents=True, exist_ok=True)
 
     async def main(stop: asyncio.Event) -> None:
@@ -333,7 +335,7 @@ def creds(out: Path) -> None:
 
 
 def _open_db(db: Path) -> Any:
-    from swarmcli.report import open_ledger
+    from ledger.analysis import open_ledger
 
     if not db.exists():
         _fail(f"no ledger file at {db}; pass --db (swarm up writes .swarm/<run>/ledger.duckdb)")
@@ -349,7 +351,7 @@ def _open_db(db: Path) -> Any:
               show_default=True)  # fmt: skip
 def report(db: Path, run: str | None, out: Path) -> None:
     """Write one self-contained HTML report (opens offline): progress, agents, runners, leaderboard, notebook."""
-    from swarmcli.report import write_report
+    from ledger.analysis import write_report
 
     con = _open_db(db)
     path = write_report(con, out, run=run)
@@ -370,8 +372,8 @@ def compare(db: Path, runs: str | None, by: str, as_json: bool) -> None:
 
     from rich.console import Console
 
-    from swarmcli.compare import compare as do_compare
-    from swarmcli.compare import render_table
+    from ledger.analysis.compare import compare as do_compare
+    from ledger.analysis.compare import render_table
 
     con = _open_db(db)
     result = do_compare(con, runs=runs.split(",") if runs else None, by=by)
@@ -401,7 +403,7 @@ def export(db: Path, parquet: Path | None, git_dir: Path | None, run: str | None
         counts = export_parquet(con, parquet)
         click.echo(f"wrote {len(counts)} tables ({sum(counts.values())} rows) to {parquet}")
     if git_dir is not None:
-        from swarmcli.gitexport import export_git
+        from ledger.analysis import export_git
 
         heads = export_git(con, git_dir, run=run)
         for branch, sha in sorted(heads.items()):

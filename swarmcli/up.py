@@ -147,7 +147,11 @@ def up(
     """
     from bus.events import check_token
 
+    from runner.config import absolute
+
     run = run or time.strftime("up-%Y%m%d-%H%M%S")
+    state_dir = absolute(state_dir)  # resolved once: every path derived from it crosses process boundaries
+    report = absolute(report) if report is not None else None
     try:
         check_token("run", run)
     except ValueError as e:
@@ -399,7 +403,7 @@ async def _watch(
 
 
 def _write_report(cfg: UpConfig) -> None:
-    from swarmcli.report import open_ledger, write_report
+    from ledger.analysis import open_ledger, write_report
 
     db = cfg.state_dir / "ledger.duckdb"
     try:

@@ -12,7 +12,7 @@ from ledger_fixtures import BASE_TRAIN_PY, Fixture, build_ledger, sha256, write_
 from rich.console import Console
 
 from bus import events as ev
-from swarmcli.compare import compare, render_table, t_critical, t_interval
+from ledger.analysis.compare import compare, render_table, t_critical, t_interval
 
 
 @pytest.fixture(scope="module")

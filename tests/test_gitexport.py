@@ -11,7 +11,7 @@ import pytest
 from ledger_fixtures import BASE_TRAIN_PY, Fixture, write_fixture_ledger
 
 from bus import events as ev
-from swarmcli.gitexport import export_git, ref_name
+from ledger.analysis.gitexport import export_git, ref_name
 
 
 def git(repo: Path, *args: str) -> str:

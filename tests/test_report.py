@@ -15,7 +15,8 @@ from conftest import skip_or_fail
 from ledger_fixtures import BASE_TRAIN_PY, HOSTILE, build_ledger, sha256, write_fixture_ledger
 
 from bus import events as ev
-from swarmcli.report import open_ledger, render_markdown, write_report
+from ledger.analysis.report import render_markdown, write_report
+from ledger.analysis.snapshot import open_ledger
 
 SECTIONS = ["progress", "agents", "rates", "runners", "baselines", "leaderboard", "llm", "notebook"]
 

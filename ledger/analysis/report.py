@@ -1,4 +1,4 @@
-"""`swarm report`: one self-contained HTML page about a run, from the ledger.
+"""The report (`swarm report`): one self-contained HTML page about a run, from the ledger.
 
 The page opens offline: CSS is inline and every plot is an inline SVG drawn by matplotlib (a bare
 ``Figure``, which renders with the Agg/SVG canvases and never touches pyplot's global state). Everything
@@ -8,12 +8,9 @@ is HTML-escaped; plot labels are drawn as glyph paths with mathtext off.
 
 from __future__ import annotations
 
-import atexit
 import html
 import io
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,39 +20,9 @@ import duckdb
 import matplotlib
 from matplotlib.figure import Figure
 
-from ledger.schema import connect_db
-
 GREY, GREEN, RED = "#9e9e9e", "#2e9b4f", "#d9534f"
 AGENT_COLOURS = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 BASELINE_AGENT = "baseline"
-
-
-# --------------------------------------------------------------------------------------------------
-# opening the ledger
-
-
-def open_ledger(path: str | Path) -> duckdb.DuckDBPyConnection:
-    """Open a ledger DuckDB file read-only. When a running projector holds its lock (DuckDB lets no other
-    process open it, not even read-only), copy the file and its ``.wal`` to a temporary directory
-    (removed at exit) and open the copy: a snapshot as of the copy."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(
-            f"no ledger at {p}: pass the DuckDB file the projector writes (swarm ledger --db)"
-        )
-    try:
-        return connect_db(str(p), read_only=True)
-    except duckdb.IOException as e:
-        if "lock" not in str(e).lower():
-            raise
-    tmp = Path(tempfile.mkdtemp(prefix="swarm-ledger-"))
-    atexit.register(shutil.rmtree, tmp, True)
-    copy = tmp / p.name
-    shutil.copyfile(p, copy)
-    wal = p.with_name(p.name + ".wal")
-    if wal.exists():
-        shutil.copyfile(wal, copy.with_name(copy.name + ".wal"))
-    return connect_db(str(copy))  # writable copy, so DuckDB can replay the copied WAL
 
 
 # --------------------------------------------------------------------------------------------------
