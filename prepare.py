@@ -141,13 +141,15 @@ def __getattr__(name: str) -> Any:
         # test/bench only: a fixed step count replaces the wall-clock schedule (deterministic runs)
         "FIXED_STEPS": lambda: _env_int("SWARM_FIXED_STEPS", 0),
         "RUNNER_MODE": lambda: os.environ.get("SWARM_MODE") == "runner",
+        # peak dense bf16 FLOP/s of the runner's hardware class, for MFU (runner.hardware); 0 = unknown
+        "PEAK_FLOPS": lambda: _env_float("SWARM_PEAK_FLOPS", 0.0),
         "OUT_DIR": lambda: Path(os.environ.get("SWARM_OUT_DIR") or "out"),
     }
     return values[name]()
 
 
 _ENV_CONSTANTS = ("TIME_BUDGET", "MAX_SEQ_LEN", "SEED", "EVAL_TOKENS", "EXCLUDED_WARMUP_STEPS", "FIXED_STEPS",
-                  "RUNNER_MODE", "OUT_DIR")
+                  "RUNNER_MODE", "OUT_DIR", "PEAK_FLOPS")
 
 
 # ---------------------------------------------------------------------------

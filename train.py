@@ -70,6 +70,11 @@ LOSS_EXPLODE = 20.0               # fail fast when the loss exceeds this (nats) 
 LOG_INTERVAL = 1.0                # seconds between progress lines
 
 
+# tests only (tests/test_gpu_paths.py): take the CUDA code paths (torch.compile, flex attention, bf16 autocast,
+# bf16 Newton-Schulz, MFU) on CPU too, so CI catches a mistake in them before the first GPU run does
+_gpu_paths_on_cpu = False
+
+
 def knob(name):
     """The value of a per-profile knob (CPU_NAME or GPU_NAME) for the current profile."""
     return globals()[f"{prepare.PROFILE.upper()}_{name}"]
@@ -95,7 +100,7 @@ _flex_cache = {}
 def sliding_window_attention(q, k, v, window):
     """Causal attention over the last `window` positions: flex attention on CUDA, a masked SDPA on CPU."""
     T = q.size(-2)
-    if q.device.type == "cuda":
+    if q.device.type == "cuda" or _gpu_paths_on_cpu:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         key = (T, window, q.device)
         if key not in _flex_cache:
@@ -220,7 +225,7 @@ def build_model(config):
 def zeropower_via_newtonschulz5(G, steps):
     """Approximately orthogonalize G (quintic Newton-Schulz, Keller Jordan's coefficients)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.bfloat16() if G.is_cuda else G.float()
+    X = G.bfloat16() if (G.is_cuda or _gpu_paths_on_cpu) else G.float()
     transposed = X.size(-2) > X.size(-1)
     if transposed:
         X = X.mT
@@ -322,6 +327,7 @@ def main():
     fixed_steps, seed = prepare.FIXED_STEPS, prepare.SEED
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     is_cuda = device.type == "cuda"
+    gpu_paths = is_cuda or _gpu_paths_on_cpu
     torch.manual_seed(seed)
     if is_cuda:
         torch.cuda.manual_seed(seed)
@@ -338,8 +344,8 @@ def main():
     model.to(device)
     num_params = sum(p.numel() for p in model.parameters())
     optimizers = make_optimizers(model)
-    fwd = torch.compile(model, dynamic=False) if (is_cuda and COMPILE) else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if is_cuda else contextlib.nullcontext()
+    fwd = torch.compile(model, dynamic=False) if (gpu_paths and COMPILE) else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if gpu_paths else contextlib.nullcontext()
 
     batch_size = knob("DEVICE_BATCH_SIZE")
     tokens_per_fwd = batch_size * seq_len
@@ -348,7 +354,7 @@ def main():
     # FLOPs per token: 6 * matmul params + attention (12 * layers * dim * seq); for MFU on CUDA
     n_embd, n_layer = config["model_config"]["n_embd"], config["model_config"]["n_layer"]
     flops_per_token = 6 * (num_params - model.wte.weight.numel()) + 12 * n_layer * n_embd * seq_len
-    peak_flops = 989e12 if is_cuda else float("inf")  # H100 bf16 dense
+    peak_flops = prepare.PEAK_FLOPS if (gpu_paths and prepare.PEAK_FLOPS) else float("inf")  # of the hw class
 
     print(f"profile: {profile} | params: {num_params / 1e6:.2f}M | dim {n_embd} x {n_layer} layers | "
           f"batch {batch_size}x{seq_len} x{grad_accum} accum | budget {budget:.0f}s", flush=True)
