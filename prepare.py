@@ -21,10 +21,8 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
-import importlib.util
 import itertools
 import json
-import math
 import os
 import shutil
 import sys
@@ -32,12 +30,14 @@ import sysconfig
 import tempfile
 import time
 import traceback
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from harness import evaluation as _evaluation
+from harness.feed import Budget, feed_batches, iter_rows, row_starts, take_batch
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class ProfileSpec:
-    time_budget: float  # seconds of training, warm-up steps excluded
+    budget_unit: str  # "seconds" of training (warm-up steps excluded) or "tokens" of training data
+    budget: float  # how many
     max_seq_len: int  # tokens per row (context length)
     vocab_size: int  # BPE vocabulary, BOS included
     eval_tokens: int  # scored validation tokens (capped by what the val split holds)
@@ -59,20 +60,23 @@ class ProfileSpec:
     corpus_max_bytes: int  # offline corpus cap for the training split (0 = no cap)
     seed: int  # default training seed
     excluded_warmup_steps: int  # first steps (compile, allocator warm-up) not counted in the budget
+    wall_factor: float  # tokens budgets: the runner's wall-clock cap, as a multiple of the baseline's time
 
 
 PROFILES: dict[str, ProfileSpec] = {
-    # 2 CPU cores: a ~4M-param model at ~3.5k tok/s; a small corpus keeps preparation to seconds. No
-    # excluded warm-up step (nothing compiles on CPU): the first step's one-off warm-up is paid inside
-    # the budget instead of as a whole extra step outside it.
-    "cpu": ProfileSpec(45.0, 256, 2048, 2**14, 16, 1024, 8_000_000, 0, 0),
-    # one H100: the autoresearch-sized default
-    "gpu": ProfileSpec(300.0, 2048, 8192, 10 * 2**19, 32, 8192, 0, 0, 10),
+    # 2 CPU cores: a budget in tokens, not seconds. A wall-clock budget on shared CPUs is noise (steps vary
+    # with load: σ ≈ 0.035 bpb between identical runs); a token budget makes a run deterministic per seed,
+    # so a candidate is compared with its reference on the same seeds. The runner still caps the wall time
+    # (wall_factor × the baseline's, measured at calibration), so a model may not simply grow without limit.
+    # No excluded warm-up step (nothing compiles on CPU).
+    "cpu": ProfileSpec("tokens", 2**16, 256, 2048, 2**14, 16, 1024, 8_000_000, 0, 0, 3.0),
+    # one H100: the autoresearch-sized default, a wall-clock budget (GPU timing is steady)
+    "gpu": ProfileSpec("seconds", 300.0, 2048, 8192, 10 * 2**19, 32, 8192, 0, 0, 10, 0.0),
 }
 BOS_TOKEN = "<|bos|>"
 VAL_PERCENT = 5  # offline and --corpus sources: a document goes to val when hash(its id) % 100 < this
 TOKENIZER_MAX_CHARS = 500_000_000  # BPE training text cap (large downloads)
-PREPARE_VERSION = 1  # bump when the preparation changes what a fingerprint covers
+PREPARE_VERSION = 2  # bump when the preparation changes what a fingerprint covers
 TOKEN_DTYPE = np.uint16
 DOWNLOAD_BACKOFF = 1.0  # seconds before the first retry, doubling after each
 
@@ -133,13 +137,12 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'prepare' has no attribute {name!r}")
     spec = PROFILES[resolve_profile()]
     values: dict[str, Any] = {
-        "TIME_BUDGET": lambda: _env_float("SWARM_TIME_BUDGET", spec.time_budget),
+        "BUDGET_UNIT": lambda: budget(None).unit,
+        "BUDGET": lambda: budget(None).amount,
         "MAX_SEQ_LEN": lambda: _env_int("SWARM_MAX_SEQ_LEN", spec.max_seq_len),
         "SEED": lambda: _env_int("SWARM_SEED", spec.seed),
         "EVAL_TOKENS": lambda: _env_int("SWARM_EVAL_TOKENS", spec.eval_tokens),
         "EXCLUDED_WARMUP_STEPS": lambda: spec.excluded_warmup_steps,
-        # test/bench only: a fixed step count replaces the wall-clock schedule (deterministic runs)
-        "FIXED_STEPS": lambda: _env_int("SWARM_FIXED_STEPS", 0),
         "RUNNER_MODE": lambda: os.environ.get("SWARM_MODE") == "runner",
         # peak dense bf16 FLOP/s of the runner's hardware class, for MFU (runner.hardware); 0 = unknown
         "PEAK_FLOPS": lambda: _env_float("SWARM_PEAK_FLOPS", 0.0),
@@ -148,8 +151,23 @@ def __getattr__(name: str) -> Any:
     return values[name]()
 
 
-_ENV_CONSTANTS = ("TIME_BUDGET", "MAX_SEQ_LEN", "SEED", "EVAL_TOKENS", "EXCLUDED_WARMUP_STEPS", "FIXED_STEPS",
+_ENV_CONSTANTS = ("BUDGET_UNIT", "BUDGET", "MAX_SEQ_LEN", "SEED", "EVAL_TOKENS", "EXCLUDED_WARMUP_STEPS",
                   "RUNNER_MODE", "OUT_DIR", "PEAK_FLOPS")
+
+
+def budget(profile: str | None = None) -> Budget:
+    """The training budget: SWARM_BUDGET / SWARM_BUDGET_UNIT (the runner sets them), else the profile's.
+
+    This is the one owner of the budget default; the runner caps a hypothesis's own budget by its own
+    limit and passes the result here."""
+    spec = PROFILES[resolve_profile(profile)]
+    unit = os.environ.get("SWARM_BUDGET_UNIT") or spec.budget_unit
+    amount = _env_float("SWARM_BUDGET", spec.budget if unit == spec.budget_unit else 0.0)
+    try:
+        return Budget(unit, amount)
+    except ValueError as e:
+        raise PrepareError(f"{e} (SWARM_BUDGET={os.environ.get('SWARM_BUDGET')!r}, "
+                           f"SWARM_BUDGET_UNIT={os.environ.get('SWARM_BUDGET_UNIT')!r})") from e
 
 
 # ---------------------------------------------------------------------------
@@ -202,7 +220,8 @@ class Source:
 
 
 def _text_files_source(root: Path, name: str, suffixes: tuple[str, ...], max_bytes: int,
-                       doc_chars: int, skip_dirs: tuple[str, ...] = ()) -> Source:
+                       doc_chars: int, skip_dirs: tuple[str, ...] = (),
+                       val_dirs: tuple[str, ...] = ()) -> Source:
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs)
@@ -224,8 +243,9 @@ def _text_files_source(root: Path, name: str, suffixes: tuple[str, ...], max_byt
             except UnicodeDecodeError:
                 continue  # not text; skipping keeps the corpus clean
         used = False
+        top = rel.split("/", 1)[0]
         for doc_id, text in docs:
-            split = "val" if _is_val(doc_id) else "train"
+            split = "val" if (top in val_dirs if val_dirs else _is_val(doc_id)) else "train"
             if caps[split] and budget[split] >= caps[split]:
                 continue
             budget[split] += len(text.encode("utf-8"))
@@ -240,12 +260,24 @@ def _text_files_source(root: Path, name: str, suffixes: tuple[str, ...], max_byt
     return Source(name, identity, train, val)
 
 
+# The offline corpus's validation documents: whole standard-library packages that neither Python, torch nor
+# this harness imports, so every sandbox can hide them (the runner overlays these directories of every
+# Python installation it mounts) while the interpreter keeps the rest of its standard library. A split by
+# document hash would put validation text inside files every Python process must be able to read.
+OFFLINE_VAL_DIRS = ("idlelib", "turtledemo", "tkinter", "lib2to3", "pydoc_data")
+
+
 def offline_source(doc_chars: int, max_bytes: int) -> Source:
     """The offline default: the running interpreter's standard-library sources (no network needed)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = ("site-packages", "dist-packages", "__pycache__")
-    src = _text_files_source(root, "stdlib", (".py",), max_bytes, doc_chars, skip)
+    val_dirs = tuple(d for d in OFFLINE_VAL_DIRS if (root / d).is_dir())
+    if not val_dirs:
+        raise PrepareError(f"{root} has none of {OFFLINE_VAL_DIRS} for the offline validation split; "
+                           "use --corpus DIR or --dataset NAME")
+    src = _text_files_source(root, "stdlib", (".py",), max_bytes, doc_chars, skip, val_dirs)
     src.identity["python"] = sys.version.split()[0]
+    src.identity["val_dirs"] = list(val_dirs)
     return src
 
 
@@ -557,218 +589,62 @@ def _read_tokens(split_dir: Path) -> np.ndarray:
 
 
 def make_dataloader(batch_size: int, seq_len: int | None = None, seed: int | None = None,
-                    device: str | torch.device = "cpu",
-                    data_dir: str | Path | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """Yield (inputs, targets, epoch) forever from the training split.
+                    device: str | torch.device = "cpu", data_dir: str | Path | None = None,
+                    warmup_batches: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Yield (inputs, targets, epoch) from the training split until the budget is used (runner) or forever.
 
     Each row is seq_len+1 consecutive tokens starting at a document's BOS, so one row packs a document
     and the ones after it. Row starts go through a seeded permutation per epoch.
+
+    Under the runner (SWARM_FEED set) the batches come from the runner's feed, which serves exactly the
+    budget (tokens) or stops at the end of the time budget, and then this generator ends: the training
+    loop must stop when it does. ``warmup_batches``: the first batches (compile, allocator warm-up) that
+    the budget's clock does not count, within the profile's limit. By hand it reads the files itself.
     """
     import torch
 
     seq_len = seq_len or __getattr__("MAX_SEQ_LEN")
     seed = __getattr__("SEED") if seed is None else seed
-    root = Path(data_dir or get_data_dir())
-    tokens = _read_tokens(root / "train")
-    bos = read_meta(root)["bos_id"]
-    starts = np.flatnonzero(tokens[: max(tokens.size - seq_len - 1, 0) + 1] == bos)
-    if starts.size < batch_size:
-        raise PrepareError(f"training split too small: {starts.size} row starts for batch {batch_size}")
     device = torch.device(device)
     pin = device.type == "cuda"
-    rng = np.random.default_rng(seed)
-    offsets = np.arange(seq_len + 1)
-    epoch = 0
-    while True:
-        order = starts[rng.permutation(starts.size)]
-        for i in range(0, order.size - batch_size + 1, batch_size):
-            rows = torch.from_numpy(tokens[order[i:i + batch_size, None] + offsets].astype(np.int64))
-            if pin:
-                rows = rows.pin_memory()
-            rows = rows.to(device, non_blocking=True)
-            yield rows[:, :-1], rows[:, 1:], epoch
-        epoch += 1
+    feed = os.environ.get("SWARM_FEED")
+    if feed:
+        batches: Iterator[tuple[np.ndarray, int]] = feed_batches(feed, batch_size, seq_len, warmup_batches)
+    else:
+        root = Path(data_dir or get_data_dir())
+        tokens = _read_tokens(root / "train")
+        starts = row_starts(tokens, read_meta(root)["bos_id"], seq_len)
+        if starts.size < batch_size:
+            raise PrepareError(f"training split too small: {starts.size} row starts for batch {batch_size}")
+        order = iter_rows(tokens, starts, seq_len, seed)
+        batches = (take_batch(tokens, order, batch_size, seq_len) for _ in itertools.count())
+    for rows_np, epoch in batches:
+        rows = torch.from_numpy(rows_np.astype(np.int64))
+        if pin:
+            rows = rows.pin_memory()
+        rows = rows.to(device, non_blocking=True)
+        yield rows[:, :-1], rows[:, 1:], epoch
 
 
 # ---------------------------------------------------------------------------
-# Trusted evaluation (do not change: this is the metric)
+# Trusted evaluation (do not change: this is the metric; see harness/evaluation.py)
 # ---------------------------------------------------------------------------
 
-
-@dataclasses.dataclass
-class EvalResult:
-    val_bpb: float | None
-    causal: bool
-    status: str  # ok | noncausal | error
-    reason: str
-    eval_tokens: int
-    eval_seconds: float
-    num_params: int
-
-
-def eval_rows(tokens: np.ndarray, bos: int, seq_len: int, token_bytes: np.ndarray,
-              eval_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed validation slice: documents in order, packed into rows of seq_len+1 that start with BOS.
-
-    A document that does not fit the rest of a row starts the next row (cropped to one row); the tail
-    of a row is padding with target -1 (not scored). Stops once eval_tokens tokens are scored.
-    """
-    bounds = np.append(np.flatnonzero(tokens == bos), tokens.size)
-    rows: list[np.ndarray] = []
-    cur: list[np.ndarray] = []
-    fill = scored = 0
-
-    def flush() -> None:
-        nonlocal cur, fill, scored
-        row = np.full(seq_len + 1, -1, dtype=np.int64)
-        row[:fill] = np.concatenate(cur)
-        scored += int((token_bytes[np.maximum(row[1:fill], 0)] > 0).sum())
-        rows.append(row)
-        cur, fill = [], 0
-
-    for a, b in itertools.pairwise(bounds):
-        doc = np.asarray(tokens[a:b], dtype=np.int64)[: seq_len + 1]
-        if fill + doc.size > seq_len + 1:
-            flush()
-            if scored >= eval_tokens:
-                break
-        cur.append(doc)
-        fill += doc.size
-    if cur and scored < eval_tokens:
-        flush()
-    if not rows:
-        raise PrepareError("validation split is empty")
-    full = np.stack(rows)
-    inputs = np.where(full[:, :-1] < 0, bos, full[:, :-1])
-    return inputs, full[:, 1:]
-
-
-def _import_train(train_py: Path) -> Any:
-    name = f"_swarm_train_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(name, train_py)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {train_py}")
-    module = importlib.util.module_from_spec(spec)
-    here = str(Path(__file__).resolve().parent)  # train.py's `import prepare` finds this pristine copy
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+EvalResult = _evaluation.EvalResult
+eval_rows = _evaluation.eval_rows
 
 
 def evaluate(train_py: str | Path, model_dir: str | Path, val_dir: str | Path, *,
-             device: str | None = None, seq_len: int | None = None, eval_tokens: int | None = None,
-             batch_size: int | None = None) -> EvalResult:
-    """Score saved weights as bits per byte on the pinned validation slice, with a causality probe.
+             device: str | None = None, seed: int = 0) -> EvalResult:
+    """Score saved weights as bits per byte on the pinned validation slice, causality checked on it.
 
-    Imports train.py as a fresh module, builds the model with its build_model(config) from
-    model_dir/config.json, loads model_dir/model.pt and computes the float32 cross-entropy from the
-    logits itself. Model failures come back as status "error"/"noncausal"; missing files raise.
-    """
-    import torch
-
-    # bind the math before train.py's code runs, so patching torch attributes at import cannot reach it
-    log_softmax, isfinite, no_grad = torch.log_softmax, torch.isfinite, torch.no_grad
-    t0 = time.time()
+    train.py's model runs in its own process (it gets input rows and returns logits); this process, which
+    imports none of train.py, computes the float32 cross-entropy and the bytes. The runner does the same
+    with the model process sandboxed."""
     spec = PROFILES[resolve_profile()]
-    seq_len = seq_len or __getattr__("MAX_SEQ_LEN")
-    eval_tokens = eval_tokens or __getattr__("EVAL_TOKENS")
-    batch_size = batch_size or spec.eval_batch_size
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    val_dir, model_dir = Path(val_dir), Path(model_dir)
-    meta = json.loads((val_dir / "meta.json").read_text())
-    token_bytes_np = np.load(val_dir / "token_bytes.npy")
-    vocab, bos = int(meta["vocab_size"]), int(meta["bos_id"])
-    inputs_np, targets_np = eval_rows(_read_tokens(val_dir), bos, seq_len, token_bytes_np, eval_tokens)
-    config = json.loads((model_dir / "config.json").read_text())
-    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
-
-    def result(status: str, reason: str, bpb: float | None = None, causal: bool = False,
-               n_tok: int = 0, n_params: int = 0) -> EvalResult:
-        return EvalResult(bpb, causal, status, reason, n_tok, round(time.time() - t0, 3), n_params)
-
-    saved_val_env = os.environ.pop("SWARM_VAL_DIR", None)  # the model code gets no path to val
-    try:
-        try:
-            module = _import_train(Path(train_py))
-            if not callable(getattr(module, "build_model", None)):
-                return result("error", "train.py defines no build_model(config) function")
-            model = module.build_model(config)
-            model.load_state_dict(state, strict=True)
-            model.to(dev).eval()
-        except Exception as e:
-            return result("error", f"building the model failed: {type(e).__name__}: {e}")
-        n_params = sum(p.numel() for p in model.parameters())
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
-                    else contextlib.nullcontext())
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            with no_grad(), autocast:
-                out = model(x)
-            if not isinstance(out, torch.Tensor):
-                raise _ModelError(f"model(idx) returned {type(out).__name__}, expected a logits tensor")
-            if tuple(out.shape) != (x.size(0), x.size(1), vocab):
-                raise _ModelError(f"model(idx) returned shape {tuple(out.shape)}, expected "
-                                  f"{(x.size(0), x.size(1), vocab)} (batch, time, vocab)")
-            out = out.float()
-            if not bool(isfinite(out).all()):
-                raise _ModelError("model(idx) returned NaN or infinite logits")
-            return out
-
-        try:
-            causal, why = _causality_probe(forward, torch.from_numpy(inputs_np[:1]).to(dev), vocab)
-            if not causal:
-                return result("noncausal", why, n_params=n_params)
-            token_bytes = torch.from_numpy(token_bytes_np.astype(np.int64)).to(dev)
-            nats = torch.zeros((), dtype=torch.float64, device=dev)
-            nbytes = 0
-            for i in range(0, len(inputs_np), batch_size):
-                x = torch.from_numpy(inputs_np[i:i + batch_size]).to(dev)
-                y = torch.from_numpy(targets_np[i:i + batch_size]).to(dev)
-                logp = log_softmax(forward(x), dim=-1)
-                w = token_bytes[y.clamp(min=0)] * (y >= 0)
-                nll = -logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                nats += (nll * (w > 0)).double().sum()
-                nbytes += int(w.sum())
-        except _ModelError as e:
-            return result("error", str(e), n_params=n_params)
-        except Exception as e:
-            return result("error", f"model forward failed: {type(e).__name__}: {e}", n_params=n_params)
-        n_scored = int((token_bytes_np[np.maximum(targets_np, 0)] * (targets_np >= 0) > 0).sum())
-        bpb = float(nats) / (math.log(2) * nbytes)
-        return result("ok", "", bpb, True, n_scored, n_params)
-    finally:
-        if saved_val_env is not None:
-            os.environ["SWARM_VAL_DIR"] = saved_val_env
-
-
-class _ModelError(Exception):
-    pass
-
-
-def _causality_probe(forward: Any, x: torch.Tensor, vocab: int) -> tuple[bool, str]:
-    """Changing tokens after position t must leave the logits at positions <= t unchanged."""
-    import torch
-
-    T = x.size(1)
-    cuts = sorted({0, T // 4, T // 2, T - 2})
-    gen = torch.Generator().manual_seed(1234)
-    rows = [x]
-    for t in cuts:
-        x2 = x.clone()
-        shift = torch.randint(1, vocab, (1, T - t - 1), generator=gen).to(x.device)
-        x2[:, t + 1:] = (x2[:, t + 1:] + shift) % vocab
-        rows.append(x2)
-    logits = forward(torch.cat(rows))
-    scale = 1.0 + float(logits[0].abs().max())
-    tol = (2e-2 if x.device.type == "cuda" else 1e-4) * scale  # bf16 on CUDA, float32 on CPU
-    for k, t in enumerate(cuts, start=1):
-        diff = float((logits[k, : t + 1] - logits[0, : t + 1]).abs().max())
-        if diff > tol:
-            return False, (f"changing tokens after position {t} changed the logits at positions <= {t} "
-                           f"by {diff:.3g} (tolerance {tol:.3g}): the model sees the future")
-    return True, ""
+    return _evaluation.evaluate(train_py, model_dir, val_dir, seq_len=__getattr__("MAX_SEQ_LEN"),
+                                eval_tokens=__getattr__("EVAL_TOKENS"), batch_size=spec.eval_batch_size,
+                                seed=seed, device=device)
 
 
 # ---------------------------------------------------------------------------
@@ -794,10 +670,10 @@ def main(argv: list[str] | None = None) -> int:
             if val_dir is None:
                 raise PrepareError("no validation directory: pass --val-dir or set SWARM_VAL_DIR")
             res = evaluate(a.train_py, a.model_dir, val_dir, device=a.device)
-        except Exception:
+        except (PrepareError, OSError, ValueError):
             traceback.print_exc()
             return 2
-        line = json.dumps(dataclasses.asdict(res))
+        line = res.to_json()
         if a.json_out:
             Path(a.json_out).write_text(line + "\n")
         print(line)

@@ -1,5 +1,7 @@
 """
-The file agents edit: a small modern GPT trained for a fixed wall-clock budget (prepare.TIME_BUDGET).
+The file agents edit: a small modern GPT trained for a fixed budget (prepare.BUDGET): seconds of training on a
+GPU, like autoresearch, or tokens of training data on a CPU (prepare.BUDGET_UNIT). Under the runner the data
+loader ends when the budget is used, and the runner times the training itself.
 
 Rotary embeddings, RMSNorm, QK-norm, ReLU² MLP, untied head, logit softcap, optional sliding-window
 attention; Muon for matrices, AdamW for embeddings, head and scalars; a time-based schedule with warmdown.
@@ -323,8 +325,8 @@ def lr_multiplier(progress):
 
 def main():
     t_start = time.time()
-    profile, budget, seq_len = prepare.PROFILE, prepare.TIME_BUDGET, prepare.MAX_SEQ_LEN
-    fixed_steps, seed = prepare.FIXED_STEPS, prepare.SEED
+    profile, seq_len, seed = prepare.PROFILE, prepare.MAX_SEQ_LEN, prepare.SEED
+    budget_unit, budget = prepare.BUDGET_UNIT, prepare.BUDGET  # "seconds" of training or "tokens" of data
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     is_cuda = device.type == "cuda"
     gpu_paths = is_cuda or _gpu_paths_on_cpu
@@ -350,29 +352,40 @@ def main():
     batch_size = knob("DEVICE_BATCH_SIZE")
     tokens_per_fwd = batch_size * seq_len
     grad_accum = max(1, knob("TOTAL_BATCH_SIZE") // tokens_per_fwd)
-    loader = prepare.make_dataloader(batch_size, seq_len, seed=seed, device=device, data_dir=data_dir)
+    tokens_per_step = tokens_per_fwd * grad_accum
+    warmup = prepare.EXCLUDED_WARMUP_STEPS
+    loader = prepare.make_dataloader(batch_size, seq_len, seed=seed, device=device, data_dir=data_dir,
+                                     warmup_batches=warmup * grad_accum)
     # FLOPs per token: 6 * matmul params + attention (12 * layers * dim * seq); for MFU on CUDA
     n_embd, n_layer = config["model_config"]["n_embd"], config["model_config"]["n_layer"]
     flops_per_token = 6 * (num_params - model.wte.weight.numel()) + 12 * n_layer * n_embd * seq_len
     peak_flops = prepare.PEAK_FLOPS if (gpu_paths and prepare.PEAK_FLOPS) else float("inf")  # of the hw class
 
+    budget_text = f"{budget:.0f}s" if budget_unit == "seconds" else f"{int(budget):,} tokens"
     print(f"profile: {profile} | params: {num_params / 1e6:.2f}M | dim {n_embd} x {n_layer} layers | "
-          f"batch {batch_size}x{seq_len} x{grad_accum} accum | budget {budget:.0f}s", flush=True)
-    step, training_time, total_tokens, smooth = 0, 0.0, 0, None
+          f"batch {batch_size}x{seq_len} x{grad_accum} accum | budget {budget_text}", flush=True)
+    step, training_time, total_tokens, counted_tokens, smooth = 0, 0.0, 0, 0, None
     last_log, loss_f = 0.0, float("nan")
-    x, y, _ = next(loader)
+
+    def progress_now():
+        used = counted_tokens if budget_unit == "tokens" else training_time
+        return min(used / budget, 1.0)
+
     while True:
         t0 = time.time()
-        progress = step / fixed_steps if fixed_steps else min(training_time / budget, 1.0)
         for opt in optimizers:
             for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * lr_multiplier(progress)
-        for _ in range(grad_accum):
-            with autocast:
-                logits = fwd(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
-            (loss / grad_accum).backward()
-            x, y, _ = next(loader)
+                group["lr"] = group["initial_lr"] * lr_multiplier(progress_now())
+        try:
+            for _ in range(grad_accum):
+                x, y, _ = next(loader)
+                with autocast:
+                    logits = fwd(x)
+                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+                (loss / grad_accum).backward()
+        except StopIteration:  # the runner's feed ended: the budget is used
+            model.zero_grad(set_to_none=True)
+            break
         loss_f = loss.item()
         if not math.isfinite(loss_f) or (step > prepare.EXCLUDED_WARMUP_STEPS and loss_f > LOSS_EXPLODE):
             print(f"FAIL: nan loss at step {step}" if not math.isfinite(loss_f)
@@ -386,17 +399,20 @@ def main():
         if is_cuda:
             torch.cuda.synchronize()
         dt = time.time() - t0
-        if step >= prepare.EXCLUDED_WARMUP_STEPS:  # compile/warm-up steps do not count
+        if step >= warmup:  # compile/warm-up steps do not count
             training_time += dt
-        total_tokens += tokens_per_fwd * grad_accum
+            counted_tokens += tokens_per_step
+        total_tokens += tokens_per_step
         step += 1
         smooth = loss_f if smooth is None else 0.9 * smooth + 0.1 * loss_f
-        done = step >= fixed_steps if fixed_steps else training_time >= budget
+        if budget_unit == "tokens":
+            done = counted_tokens + tokens_per_step > budget  # no whole step left in the budget
+        else:
+            done = training_time >= budget
         if time.time() - last_log >= LOG_INTERVAL or done:
             last_log = time.time()
-            progress = step / fixed_steps if fixed_steps else min(training_time / budget, 1.0)
-            print(f"step {step} | progress {progress:.4f} | loss {loss_f:.4f} | "
-                  f"tok/s {int(tokens_per_fwd * grad_accum / dt)}", flush=True)
+            print(f"step {step} | progress {progress_now():.4f} | loss {loss_f:.4f} | "
+                  f"tok/s {int(tokens_per_step / dt)}", flush=True)
         if done:
             break
 
@@ -424,6 +440,8 @@ def main():
         total_tokens_M=f"{total_tokens / 1e6:.3f}",
         num_steps=str(step),
         num_params_M=f"{num_params / 1e6:.3f}",
+        budget=f"{budget:g}",
+        budget_unit=budget_unit,
         final_loss=f"{loss_f:.6f}",
         profile=profile,
         dataset_fingerprint=meta["dataset_fingerprint"],

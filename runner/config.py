@@ -20,6 +20,12 @@ EVAL_SECONDS = {"cpu": 120.0, "gpu": 180.0}
 DEFAULT_BUDGET = {"cpu": 45.0, "gpu": 300.0}
 
 
+def absolute(path: str | Path) -> Path:
+    """``~`` expanded, relative to the current directory, symlinks resolved: the one form of a path that
+    means the same in every process and on every log line."""
+    return Path(path).expanduser().resolve()
+
+
 def default_runner_id(gpu: int | None = None) -> str:
     host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40] or "host"
     suffix = f"gpu{gpu}" if gpu is not None else f"p{os.getpid()}"
@@ -95,6 +101,11 @@ class RunnerConfig:
             raise ValueError(f"unknown isolation {self.isolation!r}: use auto, namespace or none")
         if self.profile not in ("", "cpu", "gpu"):
             raise ValueError(f"unknown profile {self.profile!r}: use cpu or gpu")
-        self.state_dir = Path(self.state_dir)
+        # every path is absolute from here on: they cross process boundaries (a child's cwd is its work dir,
+        # a container sees host paths) and are stored in events, where a relative path means nothing
+        self.state_dir = absolute(self.state_dir)
+        self.cache_dir = absolute(self.cache_dir) if self.cache_dir is not None else None
+        self.prepare_py = absolute(self.prepare_py)
+        self.baseline_train_py = absolute(self.baseline_train_py)
         if self.time_scale <= 0:
             raise ValueError("time_scale must be > 0")
