@@ -10,7 +10,6 @@ import pytest
 from runner.contract import check_module_level, parse_knobs, parse_progress, parse_summary
 from runner.errors import ContractViolation
 from runner.executors.simulated import BASELINE_VAL_BPB, DEFAULT_REFERENCE, Landscape
-from runner.hardware import hw_class_of
 from runner.testing import fake_train_py
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,14 +63,6 @@ def test_knobs_and_output_parsing() -> None:
     s = parse_summary("step 1\n---\nval_bpb: 0.5\n---\nval_bpb: 1.25\nnum_steps: 7\njunk\n")
     assert s.values == {"val_bpb": 1.25, "num_steps": 7.0}
     assert parse_summary("FAIL: nan loss at step 9\n").nan_step == 9
-
-
-def test_hw_class_of() -> None:
-    assert hw_class_of("") == "cpu"
-    assert hw_class_of("NVIDIA H100 80GB HBM3") == "h100"
-    assert hw_class_of("NVIDIA H200") == "h200"
-    assert hw_class_of("NVIDIA A100-SXM4-40GB") == "a100"
-    assert hw_class_of("NVIDIA GeForce RTX 4090") == "rtx4090"
 
 
 def test_simulated_landscape() -> None:
