@@ -13,6 +13,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +22,21 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from agents.breaker import CircuitBreaker
 from agents.edits import Validated, apply_edits, ast_sha256, sha256, unified_diff, validate_source
 from agents.errors import AgentError, ValidationError
 from agents.knobs import knob_values
 from agents.policy import DecisionRule
-from agents.proposers.base import AgentContext, ProposalBatch, ProposalDraft, Proposer, Rejection, Result
+from agents.pricing import format_usd
+from agents.proposers.base import (
+    AgentContext,
+    LlmCall,
+    ProposalBatch,
+    ProposalDraft,
+    Proposer,
+    Rejection,
+    Result,
+)
 from agents.proposers.knob_search import summary_note
 from agents.tail import BASELINE_TAG, RunTail
 from bus import BusError, publish, publish_many, subjects
@@ -74,6 +85,12 @@ class AgentConfig:
     max_empty_waves: int = 5  # consecutive waves with nothing published before giving up
     max_bus_failures: int = 8  # consecutive waves that failed on the bus before giving up
     wave_timeout: float = 3600.0  # longest wait for one wave's results
+    wave_llm_seconds: float = 900.0  # longest the proposer may take for one wave (every call and retry)
+    # circuit breaker of the model server: after this many waves in a row whose LLM calls all failed,
+    # pause breaker_cooldown seconds (doubled per trip, at most breaker_max_cooldown)
+    breaker_failures: int = 3
+    breaker_cooldown: float = 15.0
+    breaker_max_cooldown: float = 300.0
     # fraction of the outstanding hypotheses that must finish before the next wave: 1.0 waits for the whole
     # wave (an LLM reads a factorial grid at once); 0.5 keeps runners busy (rolling waves, knob proposers)
     wave_quorum: float = 1.0
@@ -90,14 +107,79 @@ class AgentConfig:
 
 @dataclass
 class AgentStats:
+    """What one agent did in its run; ``stopped_because`` says why it ended ("stopped": asked to)."""
+
+    agent: str = ""
     waves: int = 0
-    proposed: int = 0
+    proposed: int = 0  # hypotheses it published (repeats included)
     rejected: int = 0
     kept: int = 0
     discarded: int = 0
     cost_usd: float = 0.0
+    llm_calls: int = 0
     llm_errors: int = 0
     stopped_because: str = ""
+    last_problem: str = ""  # the latest rejection or LLM error, in one line
+
+    @property
+    def stopped_by_user(self) -> bool:
+        return self.stopped_because == "stopped"
+
+    @property
+    def failed(self) -> bool:
+        """It ended by itself without publishing anything: its run achieved nothing."""
+        return self.proposed == 0 and not self.stopped_by_user
+
+    def summary(self) -> str:
+        """One line for people: what it did, what it cost, why it stopped (and what went wrong)."""
+        llm = f", LLM calls {self.llm_calls} ({self.llm_errors} failed)" if self.llm_calls else ""
+        line = (
+            f"{self.agent}: {self.waves} waves, proposed {self.proposed}, rejected {self.rejected}, kept "
+            f"{self.kept}, discarded {self.discarded}{llm}, cost {format_usd(self.cost_usd)}; "
+            f"{self.stopped_because or 'running'}"
+        )
+        if self.proposed == 0 and self.last_problem:
+            line += f"; last problem: {self.last_problem}"
+        return line
+
+
+def _one_line(text: str, n: int = 200) -> str:
+    text = " ".join(text.split())
+    return text[:n] + ("…" if len(text) > n else "")
+
+
+@dataclass(frozen=True)
+class WaveReport:
+    """What one wave did, for the line an agent prints per wave."""
+
+    agent: str
+    wave: int
+    proposed: int = 0
+    repeats: int = 0
+    rejected: int = 0
+    first_rejection: str = ""
+    llm_calls: int = 0
+    llm_errors: tuple[str, ...] = ()
+    cost_usd: float = 0.0
+    paused: float | None = None  # the circuit breaker opened: seconds of pause
+    stopped: bool = False  # a stop came during the wave: nothing of it was published
+
+    def line(self) -> str:
+        parts = [f"proposed {self.proposed}" + (f" (+{self.repeats} repeats)" if self.repeats else "")]
+        if self.rejected:
+            parts.append(f"rejected {self.rejected} (first: {_one_line(self.first_rejection, 160)})")
+        if self.llm_errors:
+            parts.append(f"LLM error: {_one_line(self.llm_errors[-1], 300)}")
+        if self.cost_usd:
+            parts.append(f"cost {format_usd(self.cost_usd)}")
+        if self.paused is not None:
+            parts.append(f"circuit open (the model server keeps failing): pausing {self.paused:.0f} s")
+        if self.stopped:
+            parts.append("stopped during the wave: nothing published")
+        return f"{self.agent}: wave {self.wave}: " + "; ".join(parts)
+
+
+WaveReporter = Callable[[WaveReport], None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,14 +251,19 @@ async def ensure_baselines(
 class Agent:
     """State of one running agent; :func:`run_agent` is the entry point."""
 
-    def __init__(self, nc: NATS, config: AgentConfig, proposer: Proposer, stop: asyncio.Event) -> None:
+    def __init__(
+        self, nc: NATS, config: AgentConfig, proposer: Proposer, stop: asyncio.Event,
+        report: WaveReporter | None = None,
+    ) -> None:  # fmt: skip
         self.nc = nc
         self.js = nc.jetstream()
         self.cfg = config
         self.proposer = proposer
         self.stop = stop
+        self.report = report
         self.tail = RunTail(self.js, config.run)
-        self.stats = AgentStats()
+        self.stats = AgentStats(agent=config.agent)
+        self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown, config.breaker_max_cooldown)
         self.outstanding: dict[str, HypothesisProposed] = {}  # own, not decided yet
         self.repeats_of: dict[str, str] = {}  # repeat id -> original id
         self.awaiting_repeat: set[str] = set()  # original ids waiting for their repeat
@@ -362,7 +449,10 @@ class Agent:
     async def publish_calls(self, batch: ProposalBatch, ids: list[str]) -> None:
         for c in batch.calls:
             self.stats.cost_usd += c.cost_usd
+            self.stats.llm_calls += 1
             self.stats.llm_errors += 0 if c.ok else 1
+            if not c.ok:
+                self.stats.last_problem = f"LLM error: {_one_line(c.error, 300)}"
             await self.emit(
                 LlmUsage(
                     run=self.cfg.run,
@@ -382,6 +472,7 @@ class Agent:
 
     async def reject(self, rej: Rejection, draft: ProposalDraft | None = None) -> None:
         self.stats.rejected += 1
+        self.stats.last_problem = f"rejected: {_one_line(rej.reason, 300)}"
         self.rejections.append(rej)
         await self.emit(
             ProposalRejected(
@@ -480,6 +571,8 @@ class Agent:
     async def wave(self) -> int:
         """One wave; returns how many hypotheses it published."""
         cfg = self.cfg
+        if self.stop.is_set():
+            return 0
         if cfg.baselines:
             await self.queue_baselines(self.tail.hw_classes())
         reply = await self.context_reply()
@@ -487,13 +580,14 @@ class Agent:
         self.notes_since = max([self.notes_since, *(n.ts for n in reply.notes)])
         await self.observe_new()
         k = self.wave_size(reply)
-        if k <= 0:
+        if k <= 0 or self.stop.is_set():
             return 0
         self.stats.waves += 1
         published = await self.publish_repeats(k)
+        await self.flush()  # repeats were decided before this wave: out before the model is asked
         k -= published
         if k <= 0:
-            await self.flush()
+            self._report(WaveReport(cfg.agent, self.stats.waves, repeats=published))
             return published
         if cfg.isolated:
             reply = msgspec.structs.replace(
@@ -524,17 +618,20 @@ class Agent:
             results=self.decided_results,
             sigma=sigma,
             seen=self.tail.seen,
+            deadline=time.monotonic() + cfg.wave_llm_seconds,
         )
         self.rejections, self.crashes, self.decided_results = [], [], []
         t_propose = time.monotonic()
-        try:
-            batch = await self.proposer.propose(ctx, k)
-        except Exception as e:  # a proposer bug must not end the research run
-            log.exception("%s: proposer failed", cfg.agent)
-            batch = ProposalBatch(rejections=[Rejection(f"proposer error: {type(e).__name__}: {e}")])
+        batch = await self.propose(ctx, k)
+        if batch is None:  # stopped while the model was thinking: publish nothing of this wave
+            self._report(WaveReport(cfg.agent, self.stats.waves, repeats=published, stopped=True))
+            return published
         t_publish = time.monotonic()
         ids: list[str] = []
+        rejected_before = self.stats.rejected
+        first_rejection = ""
         for rej in batch.rejections:
+            first_rejection = first_rejection or rej.reason
             await self.reject(rej)
         valid: list[tuple[ProposalDraft, Validated]] = []
         for draft in batch.proposals:
@@ -546,6 +643,7 @@ class Agent:
                 if any(v.sha256 == w.sha256 or v.ast_sha256 == w.ast_sha256 for _, w in valid):
                     raise ValidationError("duplicate: the same train.py twice in one wave")
             except ValidationError as e:
+                first_rejection = first_rejection or str(e)
                 await self.reject(Rejection(str(e), draft.description, (draft.source or "")[:200]), draft)
                 continue
             valid.append((draft, v))
@@ -553,6 +651,7 @@ class Agent:
         for draft, v in valid:
             if v.sha256 in ledger_seen or v.ast_sha256 in ledger_seen:
                 reason = "duplicate: the ledger says this train.py was already proposed"
+                first_rejection = first_rejection or reason
                 await self.reject(Rejection(reason, draft.description), draft)
                 continue
             hw = cfg.validate_class if draft.tier == "validate" and cfg.validate_class else cfg.hw_class
@@ -565,7 +664,49 @@ class Agent:
         await self.publish_calls(batch, ids)
         for note in batch.notes:
             await self.note(note.title, note.body, list(note.refs))
+        failed = [c.error for c in batch.calls if not c.ok]
+        pause = self.breaker.record(len(batch.calls), len(failed))
+        self._report(
+            WaveReport(
+                cfg.agent, self.stats.waves, proposed=len(ids), repeats=published,
+                rejected=self.stats.rejected - rejected_before, first_rejection=first_rejection,
+                llm_calls=len(batch.calls), llm_errors=tuple(failed), cost_usd=sum(c.cost_usd for c in batch.calls),
+                paused=pause,
+            )
+        )  # fmt: skip
+        if pause is not None:
+            await self.tail.wait_until(self.stop.is_set, pause)
         return published + len(ids)
+
+    async def propose(self, ctx: AgentContext, k: int) -> ProposalBatch | None:
+        """Ask the proposer, bounded by the wave's LLM time and cancelled by a stop (then None)."""
+        call = asyncio.ensure_future(self.proposer.propose(ctx, k))
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            # the proposer bounds itself by ctx.deadline; this is the net for one that does not
+            await asyncio.wait({call, stopped}, timeout=self.cfg.wave_llm_seconds + 5.0,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            stopped.cancel()
+        if not call.done():
+            call.cancel()
+            with contextlib.suppress(BaseException):
+                await call
+            if self.stop.is_set():
+                return None
+            why = f"the proposer took longer than the wave's {self.cfg.wave_llm_seconds:g} s"
+            return ProposalBatch(calls=[LlmCall(self.proposer.provider, self.proposer.model, ok=False, error=why)])
+        try:
+            return call.result()
+        except Exception as e:  # a proposer bug must not end the research run
+            log.exception("%s: proposer failed", self.cfg.agent)
+            return ProposalBatch(rejections=[Rejection(f"proposer error: {type(e).__name__}: {e}")])
+
+    def _report(self, r: WaveReport) -> None:
+        if self.report is not None:
+            self.report(r)
+        else:
+            log.info("%s", r.line())
 
     async def note(self, title: str, body: str, refs: list[str]) -> None:
         if not self.cfg.write_notes:
@@ -709,7 +850,7 @@ class Agent:
                     continue
                 failures = 0
                 empty = 0 if n else empty + 1
-                if empty >= cfg.max_empty_waves and not self.outstanding:
+                if empty >= cfg.max_empty_waves and not self.outstanding and not self.stop.is_set():
                     self.stats.stopped_because = f"{empty} waves in a row published nothing"
                     break
                 await self.wait_results()
@@ -741,22 +882,31 @@ class Agent:
                         run=cfg.run,
                         source=cfg.agent,
                         agent=cfg.agent,
-                        reason=self.stats.stopped_because or "error",
+                        reason=self.left_reason(),
                     ),
                 )
             finally:
                 await self.tail.stop()
         return self.stats
 
+    def left_reason(self) -> str:
+        why = self.stats.stopped_because or "error"
+        if self.stats.failed and self.stats.last_problem:
+            why += f"; last problem: {self.stats.last_problem}"
+        return why[:1000]
+
     async def _poke_on_stop(self) -> None:
         await self.stop.wait()
         await self.tail.poke()
 
 
-async def run_agent(nc: NATS, config: AgentConfig, proposer: Proposer, *, stop: asyncio.Event) -> AgentStats:
+async def run_agent(
+    nc: NATS, config: AgentConfig, proposer: Proposer, *, stop: asyncio.Event, report: WaveReporter | None = None
+) -> AgentStats:
     """Run one agent until ``stop`` is set or its budget (experiments, waves, dollars) is spent.
 
-    Announces itself (AgentJoined), runs waves, and always says goodbye (AgentLeft). The caller owns
-    ``nc`` and ``proposer`` (close it with ``await proposer.aclose()``).
+    Announces itself (AgentJoined), runs waves, and always says goodbye (AgentLeft). A stop cancels the
+    model call in flight and publishes nothing of that wave. ``report`` gets one :class:`WaveReport` per
+    wave (default: logged at INFO). The caller owns ``nc`` and ``proposer`` (``await proposer.aclose()``).
     """
-    return await Agent(nc, config, proposer, stop).run()
+    return await Agent(nc, config, proposer, stop, report).run()

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client as NATS
 
 from agents.errors import SpecError
-from agents.loop import AgentConfig, AgentStats, run_agent
+from agents.loop import AgentConfig, AgentStats, WaveReporter, run_agent
+from agents.options import AgentOptions, llm_kwargs, loop_kwargs, summary
 from agents.proposers.base import Proposer
 from agents.proposers.llm import LlmSettings
 
@@ -60,11 +63,12 @@ def make_proposer(
     seed: int = 0,
     api_key: str | None = None,
     prices: dict[str, tuple[float, float]] | None = None,
-    timeout: float = 300.0,
     device: str | None = None,
+    llm: Mapping[str, Any] | None = None,
 ) -> Proposer:
-    """The proposer a spec names. API keys come from ``api_key`` or the environment
-    (ANTHROPIC_API_KEY / OPENAI_API_KEY) and are never logged."""
+    """The proposer a spec names. ``llm``: :class:`LlmSettings` fields (timeout, max_tokens, tool_choice,
+    headers, ...). API keys come from ``api_key`` or the environment (ANTHROPIC_API_KEY / OPENAI_API_KEY)
+    and are never logged."""
     if isinstance(spec, str):
         spec = parse_agent_spec(spec)
     if spec.kind == "optuna":
@@ -75,8 +79,13 @@ def make_proposer(
         from agents.proposers.random_search import RandomProposer
 
         return RandomProposer(base_train_py, seed=seed, device=device)
-    settings = LlmSettings(model=spec.model, base_url=spec.base_url, api_key=api_key, timeout=timeout,
-                           prices=dict(prices or {}))  # fmt: skip
+    opts = dict(llm or {})
+    opts["prices"] = {**(prices or {}), **opts.get("prices", {})}
+    opts.setdefault("api_key", api_key)
+    try:
+        settings = LlmSettings(model=spec.model, base_url=spec.base_url, **opts)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{spec.kind}:{spec.model}: {e}") from e
     if spec.kind == "claude":
         from agents.proposers.claude import ClaudeProposer
 
@@ -105,30 +114,39 @@ async def run_agent_spec(
     seed: int = 0,
     api_key: str | None = None,
     prices: dict[str, tuple[float, float]] | None = None,
+    options: AgentOptions | None = None,
+    report: WaveReporter | None = None,
     **config: object,
 ) -> AgentStats:
     """What ``swarm agent <spec>`` calls: build the proposer, run the loop, close the proposer.
 
-    Extra keyword arguments are :class:`AgentConfig` fields (``max_experiments``, ``hw_class``, ...).
+    Extra keyword arguments are :class:`AgentConfig` fields (``max_experiments``, ``hw_class``, ...);
+    ``options`` (flags or a config file: :mod:`agents.options`) override them for this agent. ``report``
+    gets one line's worth per wave (:class:`agents.loop.WaveReport`).
     """
     parsed = parse_agent_spec(spec)
+    opts = options or AgentOptions()
+    config.update(loop_kwargs(opts))
+    if opts.seed is not None:
+        seed = opts.seed
     base = _text(train_py)
     program = _text(program_md if program_md is not None else DEFAULT_PROGRAM)
     hw = str(config.get("hw_class", "any"))
     device = "cpu" if hw == "cpu" else ("gpu" if hw not in ("any", "") else None)
-    proposer = make_proposer(parsed, base, seed=seed, api_key=api_key, prices=prices, device=device)
+    proposer = make_proposer(parsed, base, seed=seed, api_key=api_key, prices=prices, device=device,
+                             llm=llm_kwargs(opts))  # fmt: skip
     if parsed.kind in ("optuna", "random"):
         config.setdefault("wave_quorum", 0.5)  # rolling waves keep the runners busy
-    cfg = AgentConfig(
-        run=run,
-        agent=agent or parsed.name,
-        base_train_py=base,
-        program_md=program,
-        seed=seed,
-        config_summary={"spec": f"{parsed.kind}:{parsed.model}", "base_url": parsed.base_url or ""},
-        **config,  # type: ignore[arg-type]
-    )
     try:
-        return await run_agent(nc, cfg, proposer, stop=stop)
+        cfg = AgentConfig(
+            run=run,
+            agent=opts.name or agent or parsed.name,
+            base_train_py=base,
+            program_md=program,
+            seed=seed,
+            config_summary={"spec": f"{parsed.kind}:{parsed.model}", "base_url": parsed.base_url or "", **summary(opts)},
+            **config,  # type: ignore[arg-type]
+        )
+        return await run_agent(nc, cfg, proposer, stop=stop, report=report)
     finally:
         await proposer.aclose()

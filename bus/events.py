@@ -400,8 +400,22 @@ class SqlRequest(Request, tag="sql", frozen=True):
     timeout_seconds: float = 5.0
 
 
+class AgentsRequest(Request, tag="agents", frozen=True):
+    """Every agent of the run: state, counts, cost, and its ``problems`` most recent rejections and LLM
+    errors (what ``swarm status`` shows, from any machine)."""
+
+    problems: int = 5
+
+
 AnyRequest: TypeAlias = (
-    BestRequest | RecentRequest | NotesRequest | ExperimentRequest | ContextRequest | SeenRequest | SqlRequest
+    BestRequest
+    | RecentRequest
+    | NotesRequest
+    | ExperimentRequest
+    | ContextRequest
+    | SeenRequest
+    | SqlRequest
+    | AgentsRequest
 )
 
 
@@ -462,6 +476,30 @@ class ClassStats(msgspec.Struct, kw_only=True, frozen=True):
     runners_online: int = 0
 
 
+class ProblemRow(msgspec.Struct, kw_only=True, frozen=True):
+    """Something that kept an agent from proposing: a rejected proposal or a failed LLM call."""
+
+    ts: float
+    kind: str  # rejected, llm_error
+    text: str  # the reason, or the error (status code and URL)
+    description: str = ""  # of the rejected proposal
+
+
+class AgentRow(msgspec.Struct, kw_only=True, frozen=True):
+    agent: str
+    provider: str = ""
+    model: str = ""
+    state: str = "active"  # active, left
+    reason: str = ""  # why it left
+    joined_ts: float = 0.0
+    proposed: int = 0
+    rejected: int = 0
+    llm_calls: int = 0
+    llm_errors: int = 0
+    cost_usd: float = 0.0
+    problems: list[ProblemRow] = msgspec.field(default_factory=list)  # newest first
+
+
 class Reply(msgspec.Struct, tag_field="kind", kw_only=True, frozen=True):
     pass
 
@@ -508,6 +546,10 @@ class SqlReply(Reply, tag="sql", frozen=True):
     truncated: bool = False
 
 
+class AgentsReply(Reply, tag="agents", frozen=True):
+    items: list[AgentRow]
+
+
 AnyReply: TypeAlias = (
     ErrorReply
     | BestReply
@@ -517,6 +559,7 @@ AnyReply: TypeAlias = (
     | ContextReply
     | SeenReply
     | SqlReply
+    | AgentsReply
 )
 
 request_decoder = msgspec.msgpack.Decoder(AnyRequest)

@@ -50,6 +50,8 @@ def answer(con: duckdb.DuckDBPyConnection, req: ev.AnyRequest) -> ev.AnyReply:
                 return ev.SeenReply(seen=q.seen(cur, req.run, req.sha256s))
             case ev.SqlRequest():
                 return q.sql(cur, req.sql, req.limit, req.timeout_seconds)
+            case ev.AgentsRequest():
+                return ev.AgentsReply(items=q.agents(cur, req.run, req.problems))
         raise QueryError(f"unhandled request {type(req).__name__}")  # pragma: no cover
     finally:
         cur.close()
@@ -162,6 +164,9 @@ class LedgerClient:
 
     async def seen(self, sha256s: list[str]) -> list[str]:
         return (await self._call(ev.SeenRequest(run=self.run, sha256s=sha256s), ev.SeenReply)).seen
+
+    async def agents(self, problems: int = 5) -> list[ev.AgentRow]:
+        return (await self._call(ev.AgentsRequest(run=self.run, problems=problems), ev.AgentsReply)).items
 
     async def sql(self, query: str, limit: int = 1000, timeout_seconds: float = 5.0) -> ev.SqlReply:
         req = ev.SqlRequest(run=self.run, sql=query, limit=limit, timeout_seconds=timeout_seconds)

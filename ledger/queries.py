@@ -208,3 +208,47 @@ def sql(cur: duckdb.DuckDBPyConnection, query: str, limit: int = 1000, timeout: 
     return ev.SqlReply(
         columns=names, rows=[[_plain(v) for v in r] for r in rows[:limit]], truncated=len(rows) > limit
     )
+
+
+def agents(cur: duckdb.DuckDBPyConnection, run: str, problems: int = 5) -> list[ev.AgentRow]:
+    """Every agent of the run (joined or left) with its counts, cost and ``problems`` latest problems
+    (rejected proposals and failed LLM calls, newest first)."""
+    rows = cur.execute(
+        """WITH a AS (
+                SELECT agent, arg_max(action, seq) AS action, arg_max(reason, seq) AS reason,
+                       arg_max(provider, seq) FILTER (WHERE action = 'joined') AS provider,
+                       arg_max(model, seq) FILTER (WHERE action = 'joined') AS model, min(ts) AS joined_ts
+                FROM agents WHERE run = $1 GROUP BY agent
+            ), h AS (SELECT agent, count(*) AS n FROM hypotheses WHERE run = $1 GROUP BY agent),
+            r AS (SELECT agent, count(*) AS n FROM proposal_rejects WHERE run = $1 GROUP BY agent),
+            u AS (SELECT agent, count(*) AS calls, count(*) FILTER (WHERE NOT ok) AS errors, sum(cost_usd) AS cost
+                  FROM llm_usage WHERE run = $1 GROUP BY agent)
+            SELECT a.agent, a.provider, a.model, a.action, a.reason, a.joined_ts, coalesce(h.n, 0),
+                   coalesce(r.n, 0), coalesce(u.calls, 0), coalesce(u.errors, 0), coalesce(u.cost, 0)
+            FROM a LEFT JOIN h USING (agent) LEFT JOIN r USING (agent) LEFT JOIN u USING (agent)
+            ORDER BY a.agent""",
+        [run],
+    ).fetchall()
+    found: dict[str, list[ev.ProblemRow]] = {}
+    if problems > 0:
+        for agent, ts, kind, text, desc in cur.execute(
+            f"""SELECT agent, ts, kind, text, description FROM (
+                    SELECT agent, seq, ts, 'rejected' AS kind, reason AS text, description FROM proposal_rejects
+                    WHERE run = $1
+                    UNION ALL
+                    SELECT agent, seq, ts, 'llm_error', error, '' FROM llm_usage WHERE run = $1 AND NOT ok
+                ) QUALIFY row_number() OVER (PARTITION BY agent ORDER BY seq DESC) <= {min(int(problems), 100)}
+                ORDER BY agent, seq DESC""",
+            [run],
+        ).fetchall():
+            found.setdefault(agent, []).append(
+                ev.ProblemRow(ts=ts, kind=kind, text=text or "", description=desc or "")
+            )
+    return [
+        ev.AgentRow(
+            agent=r[0], provider=r[1] or "", model=r[2] or "", state="left" if r[3] == "left" else "active",
+            reason=(r[4] or "") if r[3] == "left" else "", joined_ts=r[5] or 0.0, proposed=r[6], rejected=r[7],
+            llm_calls=r[8], llm_errors=r[9], cost_usd=float(r[10]), problems=found.get(r[0], []),
+        )
+        for r in rows
+    ]  # fmt: skip

@@ -25,6 +25,7 @@ class Snapshot:
     leaderboard: list[dict[str, Any]]
     counts: dict[str, int]
     progress: dict[str, ev.Progress] = field(default_factory=dict)
+    agents: list[ev.AgentRow] = field(default_factory=list)  # state, counts and latest problems per agent
 
 
 class LedgerView:
@@ -50,8 +51,12 @@ class LedgerView:
         if self._sub is not None:
             await self._sub.unsubscribe()
 
-    async def snapshot(self, recent: int = 12) -> Snapshot:
+    async def snapshot(self, recent: int = 12, problems: int = 3) -> Snapshot:
         ctx = await self.client.context("_status", recent_limit=recent)
+        try:
+            agents = await self.client.agents(problems=problems)
+        except RuntimeError:  # a ledger from before the agents request: show the rest
+            agents = []
         board = await self.client.sql(
             f"SELECT agent, hw_class, best_val_bpb, experiments, keeps, crashes FROM leaderboard "
             f"WHERE run = '{self.run}' ORDER BY hw_class, rank",
@@ -71,6 +76,7 @@ class LedgerView:
             leaderboard=[dict(zip(board.columns, r, strict=True)) for r in board.rows],
             counts={"finished": int(done or 0), "ok": int(ok or 0), "proposed": int(total or 0)},
             progress=live,
+            agents=agents,
         )
 
 
@@ -78,7 +84,38 @@ def _bpb(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def render_status(snap: Snapshot, run: str, *, header: str = "") -> RenderableType:
+def _ago(ts: float) -> str:
+    s = max(0.0, time.time() - ts)
+    return f"{s:.0f}s ago" if s < 120 else (f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago")
+
+
+def render_agents(agents: list[ev.AgentRow], *, problems: bool = False) -> list[RenderableType]:
+    """Each agent's state and last problem; with ``problems``, its recent rejections and LLM errors."""
+    if not agents:
+        return []
+    t = Table(title="agents", title_justify="left")
+    for col in ("agent", "model", "state", "proposed", "rejected", "LLM calls", "failed", "cost", "last problem"):
+        t.add_column(col, overflow="ellipsis", no_wrap=col != "last problem", max_width=70 if col == "last problem" else 28)
+    for a in agents:
+        state = "active" if a.state == "active" else f"left: {a.reason}" if a.reason else "left"
+        last = a.problems[0] if a.problems else None
+        style = "red" if a.proposed == 0 and a.problems else ""
+        t.add_row(a.agent, a.model or "-", state, str(a.proposed), str(a.rejected), str(a.llm_calls), str(a.llm_errors),
+                  f"${a.cost_usd:.4f}", f"{last.kind}: {last.text}" if last else "-", style=style)  # fmt: skip
+    out: list[RenderableType] = [t]
+    if problems and any(a.problems for a in agents):
+        p = Table(title="recent problems (rejected proposals and failed LLM calls, newest first)", title_justify="left")
+        for col in ("agent", "when", "kind", "what"):
+            p.add_column(col, overflow="fold" if col == "what" else "ellipsis", max_width=100 if col == "what" else 28)
+        for a in agents:
+            for pr in a.problems:
+                what = f"{pr.description}: {pr.text}" if pr.description else pr.text
+                p.add_row(a.agent, _ago(pr.ts), pr.kind, " ".join(what.split())[:400])
+        out.append(p)
+    return out
+
+
+def render_status(snap: Snapshot, run: str, *, header: str = "", problems: bool = False) -> RenderableType:
     ctx = snap.context
     parts: list[RenderableType] = []
     parts.append(
@@ -115,6 +152,7 @@ def render_status(snap: Snapshot, run: str, *, header: str = "") -> RenderableTy
             t.add_row(str(r["hw_class"]), str(r["agent"]), _bpb(r["best_val_bpb"]), str(r["experiments"]),
                       str(r["keeps"]), str(r["crashes"]))  # fmt: skip
         parts.append(t)
+    parts.extend(render_agents(snap.agents, problems=problems))
     if ctx.recent:
         t = Table(title="recent results", title_justify="left")
         for col in ("hypothesis", "agent", "status", "val_bpb", "on", "decision", "description"):

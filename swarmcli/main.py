@@ -84,7 +84,7 @@ def ledger(nats_url: str, db: Path) -> None:
     _run_async(main)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
 @click.pass_context
 def runner(ctx: click.Context) -> None:
     """Run one runner daemon (one per GPU: --gpu N). Options: `swarm runner --help`.
@@ -95,6 +95,17 @@ def runner(ctx: click.Context) -> None:
     from runner.__main__ import main as runner_main
 
     args = list(ctx.args)
+    if "-h" in args or "--help" in args:
+        # the options are the runner's own (runner/__main__.py): show them, under this command's name
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+            runner_main(["--help"])
+        click.echo(ctx.get_help().split("\nOptions:")[0].rstrip() + "\n")
+        click.echo(out.getvalue().replace("python -m runner", "swarm runner"), nl=False)
+        ctx.exit(0)
     if "--nats" not in args and os.environ.get("SWARM_NATS_URL"):
         args += ["--nats", os.environ["SWARM_NATS_URL"]]
     if "--run" not in args and os.environ.get("SWARM_RUN"):
@@ -106,10 +117,15 @@ def runner(ctx: click.Context) -> None:
 @cli.command()
 @nats_option
 @run_option
-@click.option("--spec", "specs", multiple=True, required=True,
+@click.option("--spec", "specs", multiple=True,
               help="optuna | random | claude:<model> | openai:<model> | openai:<model>@<base_url>; "
                    "repeat or comma-separate for several agents.")  # fmt: skip
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Per-agent config file (TOML): [[agent]] entries with a spec and options, and [defaults] "
+                   "for every agent (README: Local and proxied models).")  # fmt: skip
+@click.option("--name", default=None, help="Agent id (with one --spec; default: derived from the spec).")
 @click.option("--max-experiments", type=int, default=None, help="Stop after proposing this many.")
+@click.option("--max-waves", type=int, default=None, help="Stop after this many waves.")
 @click.option("--max-cost", type=float, default=None, help="Stop after spending this many API dollars.")
 @click.option("--hw-class", default="any", show_default=True, help="Hardware class of screen-tier proposals.")
 @click.option("--program", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -117,37 +133,95 @@ def runner(ctx: click.Context) -> None:
 @click.option("--train-py", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=REPO_ROOT / "train.py", show_default=True, help="The baseline train.py.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--timeout", type=float, default=None,
+              help="Seconds per HTTP request to the model server [default: 300].")  # fmt: skip
+@click.option("--max-tokens", type=int, default=None, help="Most tokens the model may answer with [default: 8192].")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature [default: the server's].")
+@click.option("--tool-choice", type=click.Choice(["required", "auto"]), default=None,
+              help="Force a tool call (required) or let the model choose (auto; for servers that refuse "
+                   "'required' -- the agent also falls back by itself) [default: required].")  # fmt: skip
+@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+              help="Extra HTTP header for the model server (a proxy's key); repeatable; $VAR is expanded.")  # fmt: skip
+@click.option("--price", "prices", multiple=True, metavar="MODEL=IN,OUT",
+              help="Dollars per million input/output tokens of a model (a local or proxied model is $0 "
+                   "unless priced); repeatable.")  # fmt: skip
 def agent(
     nats_url: str,
     run: str,
     specs: tuple[str, ...],
+    config_file: Path | None,
+    name: str | None,
     max_experiments: int | None,
+    max_waves: int | None,
     max_cost: float | None,
     hw_class: str,
     program: Path | None,
     train_py: Path,
     seed: int,
+    timeout: float | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    tool_choice: str | None,
+    headers: tuple[str, ...],
+    prices: tuple[str, ...],
 ) -> None:
-    """Run researcher agents: read the ledger, propose waves of experiments, decide keep/discard."""
+    """Run researcher agents: read the ledger, propose waves of experiments, decide keep/discard.
+
+    Prints one line per wave (proposed, rejected with the first reason, LLM errors with the status code
+    and URL) and a summary per agent. Exits non-zero when an agent ends having published nothing.
+    Ctrl-C (or SIGTERM) cancels the model call in flight and stops within seconds; twice: at once.
+    """
+    from agents.errors import SpecError
+    from agents.options import AgentOptions, cli_options, load_agent_file, merge
     from agents.spec import run_agent_spec
 
-    names = [s for spec in specs for s in spec.split(",") if s.strip()]
-    _check_agent_specs(names)
+    try:
+        flags = cli_options(timeout=timeout, max_tokens=max_tokens, temperature=temperature,
+                            tool_choice=tool_choice, headers=headers, prices=prices, max_waves=max_waves)  # fmt: skip
+        file = load_agent_file(config_file) if config_file is not None else None
+    except SpecError as e:
+        _fail(str(e))
+        return
+    defaults = file.defaults if file is not None else AgentOptions()
+    plans = [merge(defaults, AgentOptions(spec=s.strip()), flags) for spec in specs for s in spec.split(",") if s.strip()]
+    plans += [merge(defaults, a, flags) for a in (file.agent if file is not None else [])]
+    if not plans:
+        _fail("no agent to run: give --spec (e.g. --spec optuna) or a --config file with [[agent]] entries")
+    if name is not None:
+        if len(plans) != 1:
+            _fail("--name names one agent: give exactly one --spec (or set name in the config file)")
+        plans[0] = merge(plans[0], AgentOptions(name=name))
+    _check_agent_specs([str(p.spec) for p in plans], api_key_envs=[p.api_key_env for p in plans])
 
-    async def main(stop: asyncio.Event) -> None:
+    def on_wave(report: Any) -> None:
+        click.echo(report.line(), err=True)
+
+    async def main(stop: asyncio.Event) -> list[Any]:
         nc = await _connect(nats_url, "agents")
         try:
             tasks = [
-                run_agent_spec(nc, spec, run=run, train_py=train_py, stop=stop, program_md=program, seed=seed + i,
-                               max_experiments=max_experiments, max_cost_usd=max_cost, hw_class=hw_class)
-                for i, spec in enumerate(names)
+                run_agent_spec(nc, str(p.spec), run=run, train_py=train_py, stop=stop, program_md=program,
+                               seed=seed + i, max_experiments=max_experiments, max_cost_usd=max_cost,
+                               hw_class=hw_class, options=p, report=on_wave)
+                for i, p in enumerate(plans)
             ]  # fmt: skip
-            for spec, stats in zip(names, await asyncio.gather(*tasks), strict=True):
-                click.echo(f"{spec}: {stats}", err=True)
+            return list(await asyncio.gather(*tasks, return_exceptions=True))
         finally:
             await nc.close()
 
-    _run_async(main)
+    problems = []
+    for p, result in zip(plans, _run_async(main), strict=True):
+        if isinstance(result, SpecError):
+            problems.append(str(result))
+        elif isinstance(result, BaseException):
+            problems.append(f"{p.name or p.spec}: failed: {result}")
+        else:
+            click.echo(result.summary(), err=True)
+            if result.failed:
+                problems.append(f"{result.agent} published nothing: {result.stopped_because}"
+                                + (f"; last problem: {result.last_problem}" if result.last_problem else ""))  # fmt: skip
+    if problems:
+        _fail("\n".join(problems))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,8 +288,10 @@ def submit(
 @nats_option
 @run_option
 @click.option("-n", "--limit", default=15, show_default=True, help="Recent results to show.")
-def status(nats_url: str, run: str, limit: int) -> None:
-    """Best so far per hardware class, baselines and σ, runners, and the latest results."""
+@click.option("--problems", default=5, show_default=True, help="Recent rejections and LLM errors per agent.")
+def status(nats_url: str, run: str, limit: int, problems: int) -> None:
+    """Best so far per hardware class, baselines and σ, runners, the agents (state, counts, cost, their
+    recent rejected proposals and failed LLM calls), and the latest results."""
     from rich.console import Console
 
     from swarmcli.live import LedgerView, render_status
@@ -224,8 +300,8 @@ def status(nats_url: str, run: str, limit: int) -> None:
         nc = await _connect(nats_url, "status")
         try:
             view = LedgerView(nc, run)
-            snap = await view.snapshot(limit)
-            Console(width=None if sys.stdout.isatty() else 150).print(render_status(snap, run))
+            snap = await view.snapshot(limit, problems=problems)
+            Console(width=None if sys.stdout.isatty() else 150).print(render_status(snap, run, problems=True))
         except TimeoutError:
             _fail(f"no ledger answered for run {run!r}: start one with `swarm ledger` (or `swarm up`)")
         finally:

@@ -44,6 +44,7 @@ class UpConfig:
     report: Path
     calibrate: bool
     extra: dict[str, Any] = field(default_factory=dict)  # AgentConfig fields for every agent
+    agent_options: list[Any] = field(default_factory=list)  # agents.options.AgentOptions, one per agent
     secure: bool = False
 
 
@@ -119,6 +120,9 @@ def _port_free(host: str, port: int) -> bool:
 @click.option(
     "--isolated", is_flag=True, help="Agents see only their own results and the baselines, not each other's."
 )
+@click.option("--agent-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Per-agent config file (TOML): [[agent]] entries (spec, timeout, max_tokens, temperature, "
+                   "tool_choice, headers, prices, ...) and [defaults]; its agents replace the default ones.")  # fmt: skip
 def up(
     run: str | None,
     agent_specs: str | None,
@@ -139,6 +143,7 @@ def up(
     gpu_seconds_per_agent: float | None,
     secure: bool,
     isolated: bool,
+    agent_config: Path | None,
 ) -> None:
     """Run a whole swarm on this machine: nats-server, ledger, runners, agents; Ctrl-C stops cleanly.
 
@@ -156,13 +161,27 @@ def up(
         check_token("run", run)
     except ValueError as e:
         _fail(str(e))
+    from agents.errors import SpecError
+    from agents.options import AgentOptions, load_agent_file, merge
+
+    try:
+        agent_file = load_agent_file(agent_config) if agent_config is not None else None
+    except SpecError as e:
+        _fail(str(e))
+        return
     if agent_specs:
         agents = [s.strip() for s in agent_specs.split(",") if s.strip()]
+    elif agent_file is not None and agent_file.agent:
+        agents = []
     else:
         agents = ["optuna", "random"] + [
             spec for key, spec in DEFAULT_LLM_AGENTS.items() if os.environ.get(key)
         ]
-    _check_agent_specs(agents)
+    defaults = agent_file.defaults if agent_file is not None else AgentOptions()
+    plans = [merge(defaults, AgentOptions(spec=s)) for s in agents]
+    plans += [merge(defaults, a) for a in (agent_file.agent if agent_file is not None else [])]
+    agents = [str(p.spec) for p in plans]
+    _check_agent_specs(agents, api_key_envs=[p.api_key_env for p in plans])
     gpus = list(range(_gpu_count())) if executor != "simulated" else []
     if runners is None:
         runners = len(gpus) or 1
@@ -179,7 +198,7 @@ def up(
         live=sys.stdout.isatty() if live is None else live,
         report=report or state_dir / run / "report.html", calibrate=calibrate,
         extra={"max_gpu_seconds": gpu_seconds_per_agent, "isolated": isolated},
-        secure=secure,
+        secure=secure, agent_options=plans,
     )  # fmt: skip
     _run_async(lambda stop: run_up(cfg, stop))
 
@@ -225,6 +244,8 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
     ledger_ready = asyncio.Event()
     projector_box: list[Projector] = []
     view: LedgerView | None = None
+    wave_lines: list[Any] = []  # agents' WaveReports, printed by _watch when there is no live view
+    agent_stats: list[Any] = []
     t0 = time.monotonic()
     try:
         await setup(nc.jetstream())
@@ -255,7 +276,9 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
         # profile's knobs); GPU runners serve their own class and `any`
         hw_class = "any" if cfg.gpus or (await asyncio.to_thread(_gpu_count)) > 0 else "cpu"
         for i, spec in enumerate(cfg.agents):
-            tasks[f"agent:{spec}"] = asyncio.create_task(
+            options = cfg.agent_options[i] if i < len(cfg.agent_options) else None
+            label = getattr(options, "name", None) or spec
+            tasks[f"agent:{label}" + (f"#{i}" if f"agent:{label}" in tasks else "")] = asyncio.create_task(
                 run_agent_spec(
                     nc,
                     spec,
@@ -267,16 +290,22 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
                     baseline_repeats=cfg.baseline_repeats,
                     hw_class=hw_class,
                     budget_seconds=cfg.budget_seconds,
+                    options=options,
+                    report=wave_lines.append,
                     **cfg.extra,
                 )
             )
         view = LedgerView(nc, cfg.run)
         await view.follow_progress()
-        await _watch(cfg, stop, tasks, view, render_status, t0)
+        await _watch(cfg, stop, tasks, view, render_status, t0, wave_lines)
     finally:
         # stop in order: agents, runners (give back what they hold), then let the ledger catch up
         agent_stop.set()
         await _gather(tasks, "agent:")
+        for name, t in tasks.items():
+            if name.startswith("agent:") and t.done() and not t.cancelled() and t.exception() is None:
+                agent_stats.append(t.result())
+                say(f"  {t.result().summary()}", err=True)
         runner_stop.set()
         await _gather(tasks, "runner")
         if projector_box and not tasks["ledger"].done():
@@ -296,6 +325,11 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
         await nc.close()
         await asyncio.to_thread(server.stop)
     _write_report(cfg)
+    if agent_stats and all(s.failed for s in agent_stats):
+        raise click.ClickException(
+            "no agent could propose:\n" + "\n".join(f"  {s.agent}: {s.stopped_because}; last problem: "
+                                                     f"{s.last_problem or '-'}" for s in agent_stats)
+        )  # fmt: skip
 
 
 async def _wait_for_runners(
@@ -349,7 +383,8 @@ async def _gather(tasks: dict[str, asyncio.Task[Any]], prefix: str, timeout: flo
 
 
 async def _watch(
-    cfg: UpConfig, stop: asyncio.Event, tasks: dict[str, asyncio.Task[Any]], view: Any, render: Any, t0: float
+    cfg: UpConfig, stop: asyncio.Event, tasks: dict[str, asyncio.Task[Any]], view: Any, render: Any, t0: float,
+    wave_lines: list[Any] | None = None,
 ) -> None:
     """Show progress until the agents are done, a service fails, the duration is up, or Ctrl-C."""
     from rich.console import Console
@@ -373,6 +408,11 @@ async def _watch(
             if cfg.duration is not None and time.monotonic() - t0 > cfg.duration:
                 console.print(f"duration of {cfg.duration:.0f} s reached; stopping")
                 break
+            if wave_lines and not live:  # one line per agent wave (the live view has an agents table)
+                for r in wave_lines:
+                    console.print(f"[{time.monotonic() - t0:5.0f} s] {r.line()}", highlight=False)
+            if wave_lines is not None:
+                wave_lines.clear()
             try:
                 snap = await view.snapshot()
             except Exception:  # the ledger may be busy catching up: show the last view

@@ -2,6 +2,12 @@
 the OpenAI Chat Completions API (``POST /v1/chat/completions``) for the official SDK clients, scriptable
 per test: tool calls, plain text, 429 with retry-after, 500, malformed bodies, slow responses.
 
+Modes of the servers users point agents at: text-only answers (:func:`openai_completion` with
+``content=``, :func:`anthropic_message` with a text block), a server that refuses a forced tool choice
+(``refuse_tool_choice=True``, as some local servers do), a wrong base URL answering 200 with an HTML page
+or empty JSON (:func:`html_page`, :func:`empty_json`, :func:`empty_body`), 5xx (:func:`server_error`),
+slow (``Reply(delay=...)``) and dead (:func:`dead_url`: nothing listens there).
+
     with FakeLlmServer() as srv:
         srv.push(anthropic_tool_use([("propose_experiments", {...})]))
         client = anthropic.AsyncAnthropic(base_url=srv.url, api_key="test")
@@ -35,11 +41,15 @@ class Recorded:
 class FakeLlmServer:
     """Answers each request with the next scripted :class:`Reply` (or ``default`` when the script is empty)."""
 
-    def __init__(self, default: Reply | None = None) -> None:
+    def __init__(self, default: Reply | None = None, *, refuse_tool_choice: bool = False) -> None:
         self.script: deque[Reply] = deque()
         self.default = default or Reply(500, {"type": "error", "error": {"type": "api_error", "message": "unscripted"}})
+        # answer a forced tool choice ("required", {"type": "any"}) with a 400 that names it, like vLLM
+        # without tool parsing, and leave the script for the request that follows
+        self.refuse_tool_choice = refuse_tool_choice
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._closing = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -64,9 +74,17 @@ class FakeLlmServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
+    def wait_requests(self, n: int, timeout: float = 30.0) -> bool:
+        """Block until ``n`` requests have arrived (False if ``timeout`` passes first)."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: len(self.requests) >= n, timeout)
+
     def _next(self, rec: Recorded) -> Reply:
         with self._lock:
             self.requests.append(rec)
+            self._arrived.notify_all()
+            if self.refuse_tool_choice and rec.body.get("tool_choice") in ("required", {"type": "any"}):
+                return tool_choice_refused()
             return self.script.popleft() if self.script else self.default
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -184,3 +202,35 @@ def server_error() -> Reply:
 
 def malformed() -> Reply:
     return Reply(200, "{this is not json", headers={"content-type": "application/json"})
+
+
+def tool_choice_refused() -> Reply:
+    return Reply(
+        400,
+        {"object": "error", "type": "BadRequestError", "code": 400,
+         "message": "\"tool_choice\" must be \"auto\" or \"none\": 'required' is not supported by this server"},
+    )  # fmt: skip
+
+
+def html_page() -> Reply:
+    """What a wrong base URL often answers: a web page, with 200."""
+    return Reply(200, "<!doctype html><html><body><h1>Welcome to nginx!</h1></body></html>",
+                 headers={"content-type": "text/html; charset=utf-8"})  # fmt: skip
+
+
+def empty_json() -> Reply:
+    return Reply(200, {})
+
+
+def empty_body() -> Reply:
+    return Reply(200, b"", headers={"content-type": "text/plain"})
+
+
+def dead_url() -> str:
+    """A loopback URL where nothing listens (the port was free a moment ago: connections are refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

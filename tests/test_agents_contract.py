@@ -60,11 +60,11 @@ async def case(request: pytest.FixtureRequest) -> AsyncIterator[Case]:
         return
     with FakeLlmServer() as srv:
         if kind == "claude":
-            s = LlmSettings(model="claude-test", base_url=srv.url, api_key="k", sdk_max_retries=0, attempts=2, backoff=0.0)
+            s = LlmSettings(model="claude-test", base_url=srv.url, api_key="k", attempts=2, backoff=0.0)
             p = ClaudeProposer(s)
             yield Case(p, srv, _claude_ok)
         else:
-            s = LlmSettings(model="gpt-test", base_url=srv.url + "/v1", api_key="k", sdk_max_retries=0, attempts=2, backoff=0.0)
+            s = LlmSettings(model="gpt-test", base_url=srv.url + "/v1", api_key="k", attempts=2, backoff=0.0)
             p = OpenAIProposer(s)
             yield Case(p, srv, _openai_ok)
         await p.aclose()

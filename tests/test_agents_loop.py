@@ -180,7 +180,7 @@ async def test_llm_agent_bad_output_crashes_and_program_change(nc: NATS, js: Jet
                 {"description": "lower lr", "edits": [{"search": "MATRIX_LR = 0.04", "replace": "MATRIX_LR = 0.03"}]},
             ]})]),
         )
-        s = LlmSettings(model="claude-test", base_url=srv.url, api_key="k", sdk_max_retries=0, attempts=2, backoff=0.0)
+        s = LlmSettings(model="claude-test", base_url=srv.url, api_key="k", attempts=2, backoff=0.0)
         proposer = ClaudeProposer(s)
         crash = {"crashy"}
         async with fake_runner(nc, RUN, lambda p: None if p.description in crash else 3.4):

@@ -104,6 +104,7 @@ class AgentContext:
     results: list[Result] = field(default_factory=list)  # own results decided since the previous turn
     sigma: dict[str, float] = field(default_factory=dict)  # hw class -> σ used by the decision rule
     seen: SeenSet = field(default_factory=SeenSet)
+    deadline: float | None = None  # time.monotonic() by which propose must return (the wave's LLM time cap)
 
 
 @runtime_checkable

@@ -1,20 +1,17 @@
-"""What the two LLM proposers share: the tools, the prompt, parsing tool input, retries and accounting."""
+"""What the two LLM proposers share: the tools, the prompt, parsing tool input, and their settings."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from agents.edits import Edit
 from agents.knobs import parse_knobs
-from agents.pricing import cost_usd
-from agents.proposers.base import AgentContext, LlmCall, NoteDraft, ProposalBatch, ProposalDraft, Rejection
+from agents.proposers.base import AgentContext, NoteDraft, ProposalBatch, ProposalDraft, Rejection
+from agents.proposers.retry import RetryPolicy
 
 log = logging.getLogger("swarm.agents.llm")
 
@@ -75,7 +72,9 @@ You edit only train.py, with search/replace blocks against the parent train.py s
 
 How to answer: call `{propose}` once with up to {k} experiments (a factorial grid or a sweep exposes more
 than single changes), and call `{note}` with a short note of what the latest results taught you.
-Differences smaller than the σ of a hardware class are noise. Never repeat an experiment already run."""
+Differences smaller than the σ of a hardware class are noise. Never repeat an experiment already run.
+If you cannot call tools, answer with one ```json block holding {{"experiments": [...]}} in the tool's
+shape, or with one ```diff block (a unified diff of train.py) per experiment, each under a one-line title."""
 
 MAX_TAIL = 1500
 MAX_NOTE_BODY = 600
@@ -205,85 +204,39 @@ def _ex(x: Any, n: int = 200) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# retries and accounting
+# settings
 
-T = TypeVar("T")
+TOOL_CHOICES = ("required", "auto")
 
 
 @dataclass
 class LlmSettings:
-    """Settings of an LLM proposer (the API key is never logged or put into an event)."""
+    """Settings of an LLM proposer (the API key and header values are never logged or put into an event).
+
+    One retry policy: the SDK's own retries are off; ``attempts`` tries within ``call_seconds`` in all,
+    each request at most ``timeout`` seconds (see :mod:`agents.proposers.retry`).
+    """
 
     model: str
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     max_tokens: int = 8192
     temperature: float | None = None
-    timeout: float = 300.0
-    sdk_max_retries: int = 2  # the SDK's own retries (honours retry-after)
-    attempts: int = 3  # our bounded loop around the SDK
-    backoff: float = 2.0  # seconds, doubled per attempt, jittered
+    timeout: float = 300.0  # one HTTP request
+    tool_choice: str = "required"  # "auto" for servers that refuse "required" (found out and remembered)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # extra HTTP headers (a proxy's key)
+    attempts: int = 3
+    backoff: float = 2.0  # seconds before the first retry, doubled per attempt, jittered
     max_backoff: float = 60.0
-    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    call_seconds: float = 600.0  # total cap of one call, retries included
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> ($/Mtok in, out)
 
+    def __post_init__(self) -> None:
+        if self.tool_choice not in TOOL_CHOICES:
+            raise ValueError(f"tool_choice {self.tool_choice!r}: use one of {', '.join(TOOL_CHOICES)}")
+        if self.timeout <= 0 or self.call_seconds <= 0 or self.max_tokens <= 0 or self.attempts < 1:
+            raise ValueError("timeout, call_seconds and max_tokens must be positive and attempts at least 1")
 
-def redact(text: str, secret: str | None) -> str:
-    if secret:
-        text = text.replace(secret, "[redacted]")
-    return text
-
-
-async def call_with_retries(
-    settings: LlmSettings,
-    provider: str,
-    fn: Callable[[], Awaitable[T]],
-    retryable: tuple[type[BaseException], ...],
-    fatal: tuple[type[BaseException], ...],
-    retry_after: Callable[[BaseException], float | None],
-) -> tuple[T | None, LlmCall | None]:
-    """Call ``fn`` up to ``settings.attempts`` times with jittered exponential backoff (or the server's
-    retry-after). Returns the result, or ``None`` and a failed :class:`LlmCall` describing the last error."""
-    start = time.monotonic()
-    last: BaseException | None = None
-    for attempt in range(settings.attempts):
-        try:
-            return await fn(), None
-        except retryable as e:  # before fatal: a 429 is also an APIStatusError
-            last = e
-            if attempt + 1 == settings.attempts:
-                break
-            delay = retry_after(e)
-            if delay is None:
-                delay = settings.backoff * 2**attempt * (0.5 + random.random())
-            delay = min(max(delay, 0.0), settings.max_backoff)
-            log.warning("%s %s: %s; retry %d in %.1fs", provider, settings.model, type(e).__name__, attempt + 1, delay)
-            await asyncio.sleep(delay)
-        except fatal as e:
-            last = e
-            break
-    err = redact(f"{type(last).__name__}: {last}", settings.api_key)[:1000]
-    log.error("%s %s: giving up: %s", provider, settings.model, err)
-    return None, LlmCall(provider, settings.model, latency_seconds=time.monotonic() - start, ok=False, error=err)
-
-
-def usage_call(settings: LlmSettings, provider: str, tokens_in: int, tokens_out: int, latency: float) -> LlmCall:
-    return LlmCall(
-        provider,
-        settings.model,
-        input_tokens=tokens_in,
-        output_tokens=tokens_out,
-        cost_usd=cost_usd(settings.model, tokens_in, tokens_out, settings.prices),
-        latency_seconds=latency,
-    )
-
-
-def header_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    if not headers:
-        return None
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return None
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(self.attempts, self.backoff, self.max_backoff, self.call_seconds)

@@ -1,16 +1,17 @@
-"""OpenAI (or any OpenAI-compatible server: vLLM, Ollama, llama.cpp) through the official ``openai`` SDK:
-chat completions with tool calling and a configurable ``base_url``."""
+"""OpenAI (or any OpenAI-compatible server: vLLM, Ollama, llama.cpp's server, a proxy) through the
+official ``openai`` SDK: chat completions with tool calling and a configurable ``base_url``."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Sequence
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 
-from agents.proposers.base import AgentContext, ProposalBatch, Rejection, Result
+from agents.pricing import is_provider_api
+from agents.proposers.base import AgentContext, ProposalBatch, Rejection
+from agents.proposers.chat import LlmProposer
 from agents.proposers.llm import (
     NOTE_DESCRIPTION,
     NOTE_SCHEMA,
@@ -19,13 +20,11 @@ from agents.proposers.llm import (
     PROPOSE_SCHEMA,
     PROPOSE_TOOL,
     LlmSettings,
-    call_with_retries,
-    header_retry_after,
     parse_json_args,
     system_prompt,
-    usage_call,
     user_prompt,
 )
+from agents.proposers.retry import check_body
 
 TOOLS: list[dict[str, Any]] = [
     {"type": "function", "function": {"name": PROPOSE_TOOL, "description": PROPOSE_DESCRIPTION, "parameters": PROPOSE_SCHEMA}},
@@ -33,36 +32,30 @@ TOOLS: list[dict[str, Any]] = [
 ]
 
 
-def _retry_after(e: BaseException) -> float | None:
-    if isinstance(e, openai.APIStatusError):
-        return header_retry_after(e.response.headers)
-    return None
-
-
-class OpenAIProposer:
-    """Asks an OpenAI-compatible chat model for a wave through tool calls."""
+class OpenAIProposer(LlmProposer):
+    """Asks an OpenAI-compatible chat model for a wave through tool calls (or, failing that, its text)."""
 
     provider = "openai"
-    strategy = "llm"
-    writes_notes = True
+    errors = (openai.APIError, ValueError)
+    status_error = openai.APIStatusError
 
-    def __init__(
-        self, settings: LlmSettings, *, client: openai.AsyncOpenAI | None = None, tool_choice: str = "required"
-    ) -> None:
-        self.settings = settings
-        self.model = settings.model
-        self.tool_choice = tool_choice  # "auto" for servers that do not support "required"
+    def __init__(self, settings: LlmSettings, *, client: openai.AsyncOpenAI | None = None) -> None:
+        base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
+        super().__init__(settings, base_url)
         self._client = client or openai.AsyncOpenAI(
             # a local server needs no key, but the SDK insists on one
             api_key=settings.api_key or os.environ.get("OPENAI_API_KEY") or "none",
-            base_url=settings.base_url or os.environ.get("OPENAI_BASE_URL") or None,
+            base_url=base_url,
             timeout=settings.timeout,
-            max_retries=settings.sdk_max_retries,
+            max_retries=0,  # one retry policy: ours (agents/proposers/retry.py)
+            default_headers=settings.headers or None,
         )
         self.settings.api_key = self._client.api_key
+        # OpenAI's own API wants max_completion_tokens (its reasoning models refuse max_tokens); local
+        # servers (llama.cpp, Ollama, older vLLM) know max_tokens
+        self._max_tokens_key = "max_completion_tokens" if is_provider_api("openai", base_url) else "max_tokens"
 
-    async def propose(self, context: AgentContext, k: int) -> ProposalBatch:
-        batch = ProposalBatch()
+    def request(self, context: AgentContext, k: int, tool_choice: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(
             model=self.model,
             messages=[
@@ -70,58 +63,34 @@ class OpenAIProposer:
                 {"role": "user", "content": user_prompt(context, k)},
             ],
             tools=TOOLS,
-            tool_choice=self.tool_choice,
-            max_completion_tokens=self.settings.max_tokens,
+            tool_choice=tool_choice,
         )
+        kwargs[self._max_tokens_key] = self.settings.max_tokens
         if self.settings.temperature is not None:
             kwargs["temperature"] = self.settings.temperature
-        start = time.monotonic()
-        resp, failed = await call_with_retries(
-            self.settings,
-            self.provider,
-            lambda: self._client.chat.completions.create(**kwargs),
-            retryable=(
-                openai.RateLimitError,
-                openai.InternalServerError,
-                openai.APIConnectionError,  # includes APITimeoutError
-                openai.APIResponseValidationError,
-                ValueError,
-            ),
-            fatal=(openai.APIStatusError,),
-            retry_after=_retry_after,
-        )
-        if resp is None:
-            assert failed is not None
-            batch.calls.append(failed)
-            return batch
-        usage = getattr(resp, "usage", None)
-        batch.calls.append(
-            usage_call(
-                self.settings,
-                self.provider,
-                int(getattr(usage, "prompt_tokens", 0) or 0),
-                int(getattr(usage, "completion_tokens", 0) or 0),
-                time.monotonic() - start,
-            )
-        )
-        choices = getattr(resp, "choices", None) or []
-        message = choices[0].message if choices else None
-        calls = (getattr(message, "tool_calls", None) or []) if message is not None else []
+        return kwargs
+
+    async def send(self, kwargs: dict[str, Any], timeout: float) -> ChatCompletion:
+        raw = await self._client.chat.completions.with_raw_response.create(**kwargs, timeout=timeout)
+        reply: ChatCompletion = await check_body(raw, ChatCompletion, "choices", "an OpenAI chat completion")
+        return reply
+
+    def usage(self, reply: ChatCompletion) -> tuple[int, int]:
+        usage = getattr(reply, "usage", None)
+        return int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
+
+    def read(self, reply: ChatCompletion, batch: ProposalBatch) -> tuple[bool, str]:
+        message = reply.choices[0].message if reply.choices else None
+        if message is None:
+            return False, ""
+        calls = getattr(message, "tool_calls", None) or []
         for call in calls:
             fn = getattr(call, "function", None)
             if fn is None:
                 batch.rejections.append(Rejection("tool call without a function"))
                 continue
             parse_json_args(fn.name, fn.arguments, batch)
-        if not calls:
-            text = (getattr(message, "content", None) or "") if message is not None else ""
-            batch.rejections.append(Rejection(f"no tool call: answer by calling {PROPOSE_TOOL}", excerpt=text[:200]))
-        elif not batch.proposals and not batch.rejections:
-            batch.rejections.append(Rejection(f"no experiments: call {PROPOSE_TOOL} with at least one"))
-        return batch
-
-    async def observe(self, results: Sequence[Result]) -> None:
-        return None
+        return bool(calls), getattr(message, "content", None) or ""
 
     async def aclose(self) -> None:
         await self._client.close()
