@@ -407,6 +407,34 @@ class AgentsRequest(Request, tag="agents", frozen=True):
     problems: int = 5
 
 
+class TimelineRequest(Request, tag="timeline", frozen=True):
+    """Hypotheses whose state changed after stream sequence ``after_seq`` (proposed, claimed, finished or
+    decided), oldest change first: what a live view needs to stay current without reading everything again."""
+
+    after_seq: int = 0
+    limit: int = 2000
+
+
+class OverviewRequest(Request, tag="overview", frozen=True):
+    """The run at a glance: counts, baselines, leaderboard, runners (with what each runs) and the queue."""
+
+    queue_limit: int = 100
+
+
+class HypothesisRequest(Request, tag="hypothesis", frozen=True):
+    """One hypothesis in full: rationale, train.py, the diff against its parent, attempts, decisions."""
+
+    hypothesis_id: str
+
+
+class CompareRequest(Request, tag="compare", frozen=True):
+    """Agents (``by="agent"``) or models (``by="model"``) head to head, as ``swarm compare`` computes it;
+    over ``runs`` (default: this run)."""
+
+    by: Literal["agent", "model"] = "agent"
+    runs: list[str] = msgspec.field(default_factory=list)
+
+
 AnyRequest: TypeAlias = (
     BestRequest
     | RecentRequest
@@ -416,6 +444,10 @@ AnyRequest: TypeAlias = (
     | SeenRequest
     | SqlRequest
     | AgentsRequest
+    | TimelineRequest
+    | OverviewRequest
+    | HypothesisRequest
+    | CompareRequest
 )
 
 
@@ -500,6 +532,108 @@ class AgentRow(msgspec.Struct, kw_only=True, frozen=True):
     problems: list[ProblemRow] = msgspec.field(default_factory=list)  # newest first
 
 
+class TimelineRow(msgspec.Struct, kw_only=True, frozen=True):
+    """One hypothesis as a live view plots it (see TimelineRequest); ``seq`` is its last change."""
+
+    hypothesis_id: str
+    agent: str
+    seq: int
+    model: str = ""
+    parent: str = BASELINE
+    description: str = ""
+    tier: str = "screen"
+    hw_class: str = ""  # requested class
+    tags: list[str] = msgspec.field(default_factory=list)
+    proposed_ts: float = 0.0
+    status: str | None = None  # None: not finished yet
+    val_bpb: float | None = None
+    reason: str = ""
+    finished_ts: float | None = None
+    finished_seq: int | None = None
+    runner: str | None = None
+    ran_on: str | None = None
+    attempts: int = 0
+    training_seconds: float | None = None
+    total_seconds: float | None = None
+    gpu_seconds: float = 0.0  # every finish a runner published for it (duplicates, late), as compare counts
+    decision: str | None = None
+
+
+class LeaderRow(msgspec.Struct, kw_only=True, frozen=True):
+    hw_class: str
+    agent: str
+    rank: int
+    best_val_bpb: float | None = None
+    best_hypothesis: str | None = None
+    experiments: int = 0
+    ok: int = 0
+    keeps: int = 0
+    crashes: int = 0
+
+
+class RunnerRow(msgspec.Struct, kw_only=True, frozen=True):
+    """A runner: its hardware, whether it is online, what it runs now, and its busy figures so far."""
+
+    runner: str
+    hw_class: str = ""
+    online: bool = True
+    executor: str = ""
+    host: str = ""
+    gpu_name: str = ""
+    joined_ts: float = 0.0
+    left_reason: str = ""
+    results: int = 0
+    training_seconds: float = 0.0
+    total_seconds: float = 0.0
+    last_finish_ts: float | None = None
+    current_hypothesis: str = ""  # claimed and not finished by this runner
+    current_attempt: int = 0
+    current_since: float | None = None
+
+
+class QueueRow(msgspec.Struct, kw_only=True, frozen=True):
+    """A proposed hypothesis without a result yet; ``runner`` is set once one claimed it."""
+
+    hypothesis_id: str
+    agent: str
+    description: str = ""
+    hw_class: str = ""
+    tier: str = "screen"
+    proposed_ts: float = 0.0
+    attempts: int = 0
+    runner: str = ""
+
+
+class AttemptRow(msgspec.Struct, kw_only=True, frozen=True):
+    """A claim or a finish of one hypothesis, in stream order."""
+
+    kind: str  # claim, finish
+    seq: int
+    ts: float
+    attempt: int
+    runner: str
+    hw_class: str = ""
+    status: str | None = None
+    val_bpb: float | None = None
+    disposition: str | None = None  # result, duplicate, late, unclaimed
+    reason: str = ""
+    log_ref: str = ""
+    log_tail: str = ""
+    training_seconds: float | None = None
+    total_seconds: float | None = None
+    num_steps: int | None = None
+
+
+class DecisionRow(msgspec.Struct, kw_only=True, frozen=True):
+    ts: float
+    decision: str
+    by: str = ""
+    reason: str = ""
+    val_bpb: float | None = None
+    reference_val_bpb: float | None = None
+    sigma: float | None = None
+
+
 class Reply(msgspec.Struct, tag_field="kind", kw_only=True, frozen=True):
     pass
 
@@ -550,6 +684,41 @@ class AgentsReply(Reply, tag="agents", frozen=True):
     items: list[AgentRow]
 
 
+class TimelineReply(Reply, tag="timeline", frozen=True):
+    items: list[TimelineRow]
+    last_seq: int  # pass as the next after_seq
+    run_seq: int = 0  # the run's latest event of any kind: it moves when runners, notes or agents change
+    more: bool = False  # limit reached: ask again from last_seq
+
+
+class OverviewReply(Reply, tag="overview", frozen=True):
+    run_seq: int = 0
+    first_ts: float | None = None
+    last_ts: float | None = None
+    # proposed, finished, ok, failed, kept, queued
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
+    stats: list[ClassStats] = msgspec.field(default_factory=list)
+    leaderboard: list[LeaderRow] = msgspec.field(default_factory=list)
+    runners: list[RunnerRow] = msgspec.field(default_factory=list)
+    queue: list[QueueRow] = msgspec.field(default_factory=list)  # oldest first, up to queue_limit
+    program_md: str | None = None
+
+
+class HypothesisReply(Reply, tag="hypothesis", frozen=True):
+    item: ExperimentRow | None
+    rationale: str = ""
+    train_py: str = ""
+    diff: str = ""  # against diff_base
+    diff_base: str = ""  # the parent's id, "baseline", or "as proposed" (the parent's train.py is unknown)
+    attempts: list[AttemptRow] = msgspec.field(default_factory=list)
+    decisions: list[DecisionRow] = msgspec.field(default_factory=list)
+    children: list[str] = msgspec.field(default_factory=list)  # hypotheses whose parent this is
+
+
+class CompareReply(Reply, tag="compare", frozen=True):
+    result: dict[str, Any]  # ledger.analysis.compare.CompareResult.to_dict()
+
+
 AnyReply: TypeAlias = (
     ErrorReply
     | BestReply
@@ -560,6 +729,10 @@ AnyReply: TypeAlias = (
     | SeenReply
     | SqlReply
     | AgentsReply
+    | TimelineReply
+    | OverviewReply
+    | HypothesisReply
+    | CompareReply
 )
 
 request_decoder = msgspec.msgpack.Decoder(AnyRequest)

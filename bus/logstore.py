@@ -138,7 +138,7 @@ async def put_log(
     spec = spec or LogStoreSpec()
     key = log_key(run, hypothesis_id, attempt)
     if isinstance(log, Path):
-        data = await asyncio.to_thread(_read_bounded, log, spec.max_log_bytes)
+        data = await asyncio.to_thread(read_log_file, log, spec.max_log_bytes)
     else:
         data = bound(_as_bytes(log), spec.max_log_bytes)
     store = await ensure_log_store(js, spec)
@@ -150,7 +150,7 @@ def _as_bytes(log: bytes | str) -> bytes:
     return log.encode("utf-8", "replace") if isinstance(log, str) else bytes(log)
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
+def read_log_file(path: Path, limit: int = MAX_LOG_BYTES) -> bytes:
     """Read a log file as :func:`bound` would cut it, never holding more of it (a runaway log can be huge)."""
     size = path.stat().st_size
     with path.open("rb") as f:

@@ -21,6 +21,7 @@ from nats.aio.subscription import Subscription
 from bus import events as ev
 from bus import subjects
 from ledger import queries as q
+from ledger import watch
 from ledger.errors import QueryError
 
 log = logging.getLogger("swarm.ledger.api")
@@ -52,6 +53,14 @@ def answer(con: duckdb.DuckDBPyConnection, req: ev.AnyRequest) -> ev.AnyReply:
                 return q.sql(cur, req.sql, req.limit, req.timeout_seconds)
             case ev.AgentsRequest():
                 return ev.AgentsReply(items=q.agents(cur, req.run, req.problems))
+            case ev.TimelineRequest():
+                return watch.timeline(cur, req)
+            case ev.OverviewRequest():
+                return watch.overview(cur, req)
+            case ev.HypothesisRequest():
+                return watch.hypothesis(cur, req.run, req.hypothesis_id)
+            case ev.CompareRequest():
+                return watch.compare(cur, req)
         raise QueryError(f"unhandled request {type(req).__name__}")  # pragma: no cover
     finally:
         cur.close()
