@@ -23,6 +23,7 @@ never overwrites another's log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,3 +192,34 @@ async def get_log(js: JetStreamContext, run: str, key: str, *, timeout: float = 
     except TimeoutError as e:
         raise LogNotFound(f"log {key!r} could not be read within {timeout:g}s (partly expired?)") from e
     return bytes(result.data or b"")
+
+
+async def fetch_log(
+    js: JetStreamContext, run: str, hypothesis_id: str, attempt: int, *, log_ref: str = "", log_tail: str = ""
+) -> tuple[str, str]:
+    """The fullest log there is of one attempt, as text, and where it came from: the log store (by
+    ``log_ref``, else by the attempt's own key, so a runner that recorded a file path still counts), else
+    the runner's file when this is its machine, else ``log_tail`` (what the finish event carried)."""
+    keys = [log_ref] if is_log_key(log_ref) else []
+    with contextlib.suppress(ValueError):
+        keys.append(log_key(run, hypothesis_id, attempt))
+    for key in dict.fromkeys(keys):
+        try:
+            data = await get_log(js, run, key, timeout=10.0)
+        except (LogNotFound, ValueError):
+            continue
+        except Exception as e:  # the bus itself: say so, and show what the event carried
+            return (
+                log_tail,
+                f"the tail from the result event (the log store did not answer: {type(e).__name__})",
+            )
+        return data.decode("utf-8", "replace"), f"log store {LOG_BUCKET}/{key}"
+    local = await asyncio.to_thread(_read_local, log_ref) if log_ref else None
+    if local is not None:
+        return local.decode("utf-8", "replace"), f"file {log_ref} (this machine)"
+    return log_tail, "the tail from the result event (the full log is not in the log store)"
+
+
+def _read_local(ref: str) -> bytes | None:
+    path = Path(ref)
+    return read_log_file(path) if path.is_absolute() and path.is_file() else None

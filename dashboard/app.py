@@ -197,38 +197,10 @@ def build_app(state: LiveState, *, token: str | None = None) -> ASGIApp:
 
 
 async def read_log(state: LiveState, hid: str, attempt: int, finish: Any) -> tuple[str | None, str]:
-    """The best log there is of one attempt, and where it came from."""
-    js = state.nc.jetstream()
-    ref = getattr(finish, "log_ref", "") or ""
-    keys = [ref] if logstore.is_log_key(ref) else []
-    try:
-        keys.append(
-            logstore.log_key(state.run_name, hid, attempt)
-        )  # the store's key even if log_ref is a path
-    except ValueError:
-        pass
-    for key in dict.fromkeys(keys):
-        try:
-            data = await logstore.get_log(js, state.run_name, key, timeout=10.0)
-        except (logstore.LogNotFound, ValueError):
-            continue
-        except Exception as e:  # the bus: fall back to what the event carries
-            return _tail(
-                finish, f"log store unreachable ({type(e).__name__}); the tail from the result event"
-            )
-        return data.decode("utf-8", "replace"), f"log store {key}"
-    local = await asyncio.to_thread(_read_local, ref) if ref else None
-    if local is not None:  # the dashboard runs on the runner's machine
-        return local.decode("utf-8", "replace"), f"file {ref}"
-    return _tail(finish, "the tail carried by the result event (the full log is not in the log store)")
-
-
-def _read_local(ref: str) -> bytes | None:
-    path = Path(ref)
-    return logstore.read_log_file(path) if path.is_absolute() and path.is_file() else None
-
-
-def _tail(finish: Any, source: str) -> tuple[str | None, str]:
+    """The fullest log there is of one attempt (see :func:`bus.logstore.fetch_log`), and where it came from."""
     if finish is None:
         return None, ""
-    return finish.log_tail or "(the runner sent no output)", source
+    text, source = await logstore.fetch_log(
+        state.nc.jetstream(), state.run_name, hid, attempt, log_ref=finish.log_ref, log_tail=finish.log_tail
+    )
+    return text or "(the runner sent no output)", source

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -12,10 +13,12 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 from conftest import skip_or_fail
-from ledger_fixtures import BASE_TRAIN_PY, HOSTILE, build_ledger, sha256, write_fixture_ledger
+from ledger_fixtures import BASE_TRAIN_PY, HOSTILE, build_ledger, sha256, simulate_run, write_fixture_ledger
 
 from bus import events as ev
+from ledger.analysis.figures import write_pngs
 from ledger.analysis.report import render_markdown, write_report
+from ledger.analysis.rundata import load_run, summary
 from ledger.analysis.snapshot import open_ledger
 
 SECTIONS = ["progress", "agents", "rates", "runners", "baselines", "leaderboard", "llm", "notebook"]
@@ -65,8 +68,18 @@ def test_sections_and_content(report: Path) -> None:
     assert p.tags.count("svg") >= 6  # 2 progress + 2 best-so-far + rates + duty
     text = " ".join(p.text)
     assert "Run run-a" in text
-    for word in ("GPU-hours", "wall time", "claude-some-model", "optuna", "random", "runner-cpu-1",
-                 "runner-h100-1", "mean val_bpb ± σ", "some-model", "Kept changes"):
+    for word in (
+        "GPU-hours",
+        "wall time",
+        "claude-some-model",
+        "optuna",
+        "random",
+        "runner-cpu-1",
+        "runner-h100-1",
+        "mean val_bpb ± σ",
+        "some-model",
+        "Kept changes",
+    ):
         assert word in text, word
     assert page.count("<details>") >= 10  # one per kept change
     assert "+WEIGHT_DECAY" in text or "+LR" in text or "+DEPTH" in text  # diffs present
@@ -101,7 +114,9 @@ def test_empty_ledger_and_only_crashes(tmp_path: Path) -> None:
     assert out.name == "empty.html" and "no run to report" in out.read_text()
 
     crashes = tmp_path / "crashes.duckdb"
-    evs: list[ev.Event] = [ev.RunnerJoined(run="r", source="w", runner="w", hardware=ev.Hardware(hw_class="cpu"))]
+    evs: list[ev.Event] = [
+        ev.RunnerJoined(run="r", source="w", runner="w", hardware=ev.Hardware(hw_class="cpu"))
+    ]
     for i in range(4):
         hid = f"h{i}"
         evs += [
@@ -131,7 +146,9 @@ def test_open_ledger_copies_when_locked(fixture_db: Path, tmp_path: Path) -> Non
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
         con = open_ledger(locked)
-        files = [r[0] for r in con.execute("SELECT path FROM duckdb_databases() WHERE NOT internal").fetchall()]
+        files = [
+            r[0] for r in con.execute("SELECT path FROM duckdb_databases() WHERE NOT internal").fetchall()
+        ]
         assert files and all(f and Path(f) != locked for f in files)  # a copy, not the locked file
         n = con.execute("SELECT count(*) FROM hypotheses WHERE run = 'run-a'").fetchone()
         con.close()
@@ -164,3 +181,45 @@ def test_chromium_screenshot(report: Path, tmp_path: Path) -> None:
     subprocess.run(cmd, capture_output=True, timeout=90, check=False)
     assert shot.exists() and shot.stat().st_size > 10_000
     assert _not_blank(shot)
+
+
+def test_png_figures(fixture_db: Path, tmp_path: Path) -> None:
+    con = open_ledger(fixture_db)
+    try:
+        paths = write_pngs(load_run(con, "run-a"), tmp_path / "png")
+    finally:
+        con.close()
+    names = sorted(p.name for p in paths)
+    assert names == sorted(f"run-a-{s}.png" for s in ("progress-cpu", "progress-h100", "best-so-far-wall",
+                                                        "best-so-far-gpu", "rates", "duty-cycle"))  # fmt: skip
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = matplotlib.image.imread(p)
+        assert img.shape[1] >= 1200 and float(img[..., :3].std()) > 0.02  # 11 in at 150 dpi, not a blank page
+    assert not list((tmp_path / "png").glob(".*.tmp"))
+
+
+def test_summary_matches_the_events(fixture_db: Path) -> None:
+    fx_events = simulate_run(
+        "run-a", seed=1, per_agent=20
+    ).events  # what write_fixture_ledger wrote for run-a
+    con = open_ledger(fixture_db)
+    try:
+        s = summary(load_run(con, "run-a"))
+    finally:
+        con.close()
+    json.dumps(s)  # plain JSON values only
+    hyps = [e for e in fx_events if isinstance(e, ev.HypothesisProposed)]
+    fins = [e for e in fx_events if isinstance(e, ev.ExperimentFinished)]
+    keeps = {
+        e.hypothesis_id for e in fx_events if isinstance(e, ev.HypothesisDecided) and e.decision == "keep"
+    }
+    assert s["schema"] == "swarm.report/1" and s["run"] == "run-a"
+    assert s["counts"]["hypotheses"] == len(hyps) and s["counts"]["finished"] == len(fins)
+    assert s["counts"]["ok"] == sum(f.status == "ok" for f in fins) and s["counts"]["kept"] == len(keeps)
+    assert abs(s["gpu_seconds"] - sum(f.total_seconds for f in fins)) < 1e-6
+    for cls in ("cpu", "h100"):
+        best = min((f.val_bpb for f in fins if f.hw_class == cls and f.val_bpb is not None), default=None)
+        assert s["classes"][cls]["best_val_bpb"] == best
+    assert {a["agent"] for a in s["agents"]} == {"optuna", "random", "claude-some-model"}
+    assert {k["hypothesis_id"] for k in s["kept"]} == keeps
