@@ -24,7 +24,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,6 +36,7 @@ from agents.tail import RunTail  # noqa: E402
 from bus import EmbeddedServer, connect, setup  # noqa: E402
 
 RUN = "bench"
+BUDGET = 60.0  # simulated seconds of training per experiment
 
 
 @dataclass
@@ -56,7 +56,7 @@ async def one_run(
 ) -> RunOutcome:
     from ledger.service import run_ledger
     from runner import Runner, RunnerConfig
-    from runner.executors.simulated import Landscape
+    from runner.executors.landscape import Landscape
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -74,7 +74,7 @@ async def one_run(
             cfg = RunnerConfig(
                 nats_urls=(server.url,), run=RUN, runner_id=f"r{i}", hw_class="cpu", executor="simulated",
                 state_dir=tmp / f"state-{i}", cache_dir=tmp / "cache", baseline_train_py=base, calibrate=False,
-                budget_seconds=60.0, startup_seconds=1.0, eval_seconds=1.0, time_scale=time_scale,
+                budget_seconds=BUDGET, startup_seconds=1.0, eval_seconds=1.0, time_scale=time_scale,
                 fetch_timeout=0.2, ack_wait=60.0, seed=None,
             )  # fmt: skip
             tasks.append(asyncio.create_task(Runner(nc, cfg).run(stop_infra)))
@@ -108,12 +108,13 @@ async def one_run(
                 stop.set()
         await agent
         out.wall = time.time() - t0
-        landscape = Landscape(dict(_ref_knobs(source)), "cpu")
+        landscape = Landscape(source)
         for hid in tail.finish_order:
             p, f = tail.proposals[hid], tail.finished[hid]
             if p.agent != method or f.status != "ok" or f.val_bpb is None:
                 continue
-            out.points.append((f.ts - t0, f.val_bpb, landscape.mean(dict(_ref_knobs(p.train_py)))))
+            true = landscape.run(p.train_py, "cpu", BUDGET).val_bpb  # the noise-free value
+            out.points.append((f.ts - t0, f.val_bpb, true if true is not None else float("nan")))
         await tail.stop()
         stop_infra.set()
         for r in await asyncio.gather(*tasks, return_exceptions=True):
@@ -122,12 +123,6 @@ async def one_run(
         await nc.close()
         server.stop()
         return out
-
-
-def _ref_knobs(source: str) -> dict[str, Any]:
-    from runner.contract import parse_knobs
-
-    return parse_knobs(source)
 
 
 def best_so_far(points: list[tuple[float, float, float]], checkpoints: list[int]) -> list[tuple[float, float]]:

@@ -1,5 +1,5 @@
-"""Pure pieces of the runner: the module-level rule, knobs, output parsing, hardware classes, the simulated
-landscape."""
+"""Pure pieces of the runner: the module-level rule, knobs, output parsing, hardware classes (the simulated
+landscape has its own file, tests/test_landscape.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from runner.contract import check_module_level, parse_knobs, parse_progress, parse_summary
 from runner.errors import ContractViolation
-from runner.executors.simulated import BASELINE_VAL_BPB, DEFAULT_REFERENCE, Landscape
 from runner.testing import fake_train_py
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,19 +62,3 @@ def test_knobs_and_output_parsing() -> None:
     s = parse_summary("step 1\n---\nval_bpb: 0.5\n---\nval_bpb: 1.25\nnum_steps: 7\njunk\n")
     assert s.values == {"val_bpb": 1.25, "num_steps": 7.0}
     assert parse_summary("FAIL: nan loss at step 9\n").nan_step == 9
-
-
-def test_simulated_landscape() -> None:
-    land = Landscape(DEFAULT_REFERENCE, "cpu")
-    assert land.mean(DEFAULT_REFERENCE) == pytest.approx(BASELINE_VAL_BPB["cpu"])
-    better = dict(DEFAULT_REFERENCE, MATRIX_LR=DEFAULT_REFERENCE["MATRIX_LR"] * 1.4)
-    worse = dict(DEFAULT_REFERENCE, MATRIX_LR=DEFAULT_REFERENCE["MATRIX_LR"] * 6)
-    assert land.mean(better) < land.mean(DEFAULT_REFERENCE) < land.mean(worse)
-    assert land.sample(better, 1) == land.sample(better, 1)  # deterministic for (knobs, seed)
-    assert land.sample(better, 1) != land.sample(better, 2)
-    from runner.executors.simulated import SimulatedCrash
-
-    with pytest.raises(SimulatedCrash):
-        land.deltas(dict(DEFAULT_REFERENCE, MATRIX_LR=-1.0))
-    with pytest.raises(SimulatedCrash):
-        land.deltas(dict(DEFAULT_REFERENCE, DEPTH=400))

@@ -20,10 +20,12 @@ LineCallback = Callable[[str], None]
 class NodeData:
     """What prepare.py made once for this node, as the runner exposes it.
 
-    ``train_view``: a directory holding only the training split + tokenizer + meta, world-readable (what
-    training gets as SWARM_DATA_DIR). ``val_dir``: the validation split (only the evaluation gets it).
-    ``hidden``: paths the training step must not reach (the cache root, the val dir).
-    ``pristine_dir``: the runner's own copy of prepare.py (never one from a hypothesis).
+    ``data_view``: tokenizer, token byte lengths and meta, world-readable: what a step gets as
+    SWARM_DATA_DIR (no token files: training data comes from the runner's feed). ``train_dir``: the training
+    shards the feed reads. ``val_dir``: the validation split, read only by the trusted evaluator.
+    ``hidden``: directories a step must not see even inside what it may see (the offline corpus's validation
+    packages in every Python installation). ``pristine_dir``: the runner's own copy of prepare.py.
+    ``train_view``: the old name of the data directory (simulated runs).
     """
 
     profile: str
@@ -35,6 +37,10 @@ class NodeData:
     dataset_fingerprint: str = ""
     tokenizer_fingerprint: str = ""
     vocab_size: int = 0
+    hw_class: str = ""  # the runner's hardware class (its detected Hardware); "" = not known
+    data_view: Path = Path()  # tokenizer.json, token_bytes.npy, meta.json: what SWARM_DATA_DIR shows a step
+    train_dir: Path = Path()  # the training token shards, read only by the runner's feed
+    bos_id: int = 0
 
 
 @dataclass
@@ -51,10 +57,11 @@ class Job:
     attempt: int
     train_py: str  # verified source (sha256 checked)
     job_dir: Path
-    budget_seconds: float
+    budget_seconds: float  # the budget's amount, in budget_unit
     train_timeout: float  # hard limit of the training step (budget + startup + grace)
     eval_timeout: float  # hard limit of the evaluation step (evaluation + grace)
     seed: int = 0
+    budget_unit: str = "seconds"
     env: dict[str, str] = field(default_factory=dict)  # extra environment (CUDA_VISIBLE_DEVICES, threads)
     state: dict[str, Any] = field(default_factory=dict)  # executor-private (container ids...)
 
@@ -69,6 +76,10 @@ class Job:
     @property
     def eval_dir(self) -> Path:
         return self.job_dir / "eval"
+
+    @property
+    def sock_dir(self) -> Path:
+        return self.job_dir / "sock"
 
     @property
     def log_path(self) -> Path:
