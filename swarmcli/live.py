@@ -95,9 +95,11 @@ def render_agents(agents: list[ev.AgentRow], *, problems: bool = False) -> list[
         return []
     t = Table(title="agents", title_justify="left")
     for col in ("agent", "model", "state", "proposed", "rejected", "LLM calls", "failed", "cost", "last problem"):
-        t.add_column(col, overflow="ellipsis", no_wrap=col != "last problem", max_width=70 if col == "last problem" else 28)
+        t.add_column(col, overflow="ellipsis", no_wrap=col != "last problem",
+                     max_width={"last problem": 70, "state": 44}.get(col, 28))  # fmt: skip
     for a in agents:
-        state = "active" if a.state == "active" else f"left: {a.reason}" if a.reason else "left"
+        # why it left, without the last problem (that has its own column)
+        state = "active" if a.state == "active" else f"left: {a.reason.split('; last problem')[0]}" if a.reason else "left"
         last = a.problems[0] if a.problems else None
         style = "red" if a.proposed == 0 and a.problems else ""
         t.add_row(a.agent, a.model or "-", state, str(a.proposed), str(a.rejected), str(a.llm_calls), str(a.llm_errors),

@@ -302,6 +302,9 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
         # stop in order: agents, runners (give back what they hold), then let the ledger catch up
         agent_stop.set()
         await _gather(tasks, "agent:")
+        if not cfg.live:
+            for r in wave_lines:  # the waves that ended after the last look
+                say(r.line())
         for name, t in tasks.items():
             if name.startswith("agent:") and t.done() and not t.cancelled() and t.exception() is None:
                 agent_stats.append(t.result())
@@ -399,6 +402,11 @@ async def _watch(
         live.start()
     try:
         while not stop.is_set():
+            if wave_lines and not live:  # one line per agent wave (the live view has an agents table)
+                for r in wave_lines:
+                    console.print(f"[{time.monotonic() - t0:5.0f} s] {r.line()}", highlight=False, soft_wrap=True)
+            if wave_lines is not None:
+                wave_lines.clear()
             if all(t.done() for t in agents):
                 break
             if any(t.done() for t in services):
@@ -408,11 +416,6 @@ async def _watch(
             if cfg.duration is not None and time.monotonic() - t0 > cfg.duration:
                 console.print(f"duration of {cfg.duration:.0f} s reached; stopping")
                 break
-            if wave_lines and not live:  # one line per agent wave (the live view has an agents table)
-                for r in wave_lines:
-                    console.print(f"[{time.monotonic() - t0:5.0f} s] {r.line()}", highlight=False)
-            if wave_lines is not None:
-                wave_lines.clear()
             try:
                 snap = await view.snapshot()
             except Exception:  # the ledger may be busy catching up: show the last view

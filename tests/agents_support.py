@@ -15,10 +15,13 @@ from bus import publish, subjects
 from bus.events import (
     ClassStats,
     ContextReply,
+    ContextRequest,
     ErrorReply,
     ExperimentFinished,
     HypothesisProposed,
+    Reply,
     SeenReply,
+    SeenRequest,
     decode,
     encode_msg,
     request_decoder,
@@ -130,17 +133,17 @@ async def fake_ledger(
     async def on_msg(msg: Msg) -> None:
         req = request_decoder.decode(msg.data)
         requests.append(req)
-        reply: object
-        if req.__class__.__name__ == "ContextRequest":
+        reply: Reply
+        if isinstance(req, ContextRequest):
             reply = ContextReply(
                 best=[], recent=[], lineage=[], notes=[], stats=stats or [], pending=pending,
                 runners_online=runners_online,
             )  # fmt: skip
-        elif req.__class__.__name__ == "SeenRequest":
-            reply = SeenReply(seen=[h for h in req.sha256s if h in (seen or set())])  # type: ignore[attr-defined]
+        elif isinstance(req, SeenRequest):
+            reply = SeenReply(seen=[h for h in req.sha256s if h in (seen or set())])
         else:
             reply = ErrorReply(error="unsupported")
-        await msg.respond(encode_msg(reply))  # type: ignore[arg-type]
+        await msg.respond(encode_msg(reply))
 
     sub = await nc.subscribe(subjects.api(run, "*"), cb=on_msg)
     try:

@@ -64,6 +64,10 @@ class LlmProposer:
         """Parse the reply's tool calls into ``batch``: (whether it called a tool, its text)."""
         raise NotImplementedError
 
+    async def aclose(self) -> None:
+        """Close the SDK client."""
+        raise NotImplementedError
+
     # -- the cycle ----------------------------------------------------------------------------------
 
     @property

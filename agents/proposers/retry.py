@@ -193,5 +193,5 @@ async def call_with_retries(
             log.warning("%s: %s; retry %d in %.1f s", label, redact(last, secret), attempt + 1, delay)
             await asyncio.sleep(delay)
     err = redact(last, secret)[:1000]
-    log.error("%s: giving up: %s", label, err)
+    log.info("%s: giving up: %s", label, err)  # the agent's wave line says it to the user
     return Failure(err, time.monotonic() - start)
