@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
 from agents.edits import Edit, SeenSet, apply_edits, ast_sha256, module_side_effects, sha256, validate_source
 from agents.errors import SpecError, ValidationError
 from agents.knobs import apply_knobs, knob_values, parse_knobs, search_space
+from agents.options import AgentOptions, cli_options, llm_kwargs, load_agent_file, loop_kwargs, merge, summary
 from agents.policy import DecisionRule
-from agents.pricing import cost_usd, price_of
+from agents.pricing import Pricing, cost_usd, format_usd, parse_price, price_of
 from agents.spec import AgentSpec, parse_agent_spec
 from tests.agents_support import STANDIN_TRAIN_PY as SRC
 
@@ -121,6 +123,62 @@ def test_prices() -> None:
     assert price_of("llama3:8b") == (0.0, 0.0)
     assert cost_usd("gpt-4o", 1_000_000, 100_000) == pytest.approx(3.5)
     assert cost_usd("my-model", 1_000_000, 0, {"my-model": (1.0, 2.0)}) == 1.0
+
+
+def test_prices_by_provider_model_and_base_url() -> None:
+    warnings: list[str] = []
+    openai = Pricing("openai", None, warn=warnings.append)
+    # exact names before prefixes: o3-mini is not o3, gpt-4o-mini is not gpt-4o; dated variants are theirs
+    assert openai.price("o3-mini") == (1.1, 4.4) and openai.price("o3") == (2.0, 8.0)
+    assert openai.price("gpt-4o-mini") == (0.15, 0.6) and openai.price("gpt-4o-2024-08-06") == (2.5, 10.0)
+    # a provider model with no list price: $0, and one warning per model
+    assert openai.price("o9-preview") == (0.0, 0.0) and openai.price("o9-preview") == (0.0, 0.0)
+    assert openai.price("gpt-4o-realtime") == (0.0, 0.0)  # not a dated variant of gpt-4o
+    assert len(warnings) == 2 and "--price o9-preview=IN,OUT" in warnings[0]
+    # the provider's own host, and a provider's model name elsewhere
+    assert Pricing("openai", "https://api.openai.com/v1").price("gpt-4o") == (2.5, 10.0)
+    assert Pricing("anthropic", "https://api.anthropic.com").price("claude-haiku-4-5") == (1.0, 5.0)
+    local = Pricing("openai", "http://127.0.0.1:8000/v1", warn=warnings.append)
+    assert local.price("gpt-4o") == (0.0, 0.0) and local.cost("gpt-4o", 10**6, 10**6) == 0.0
+    assert len(warnings) == 2  # a local server is free without a warning
+    proxy = Pricing("anthropic", "https://llm-proxy.example.com", {"claude-sonnet-4-5": (3.0, 15.0)})
+    assert proxy.price("claude-sonnet-4-5-20250929") == (3.0, 15.0)  # given prices cover dated variants
+    # costs are rounded (no float dust), and shown rounded
+    assert Pricing("openai").cost("gpt-4o-mini", 4443, 500) == 0.00096645
+    assert format_usd(0.00096645) == "$0.0010" and format_usd(12.3456) == "$12.35"
+    assert parse_price("qwen2.5:7b=0.1,0.2") == ("qwen2.5:7b", (0.1, 0.2))
+    for bad in ("gpt-4o=2.5", "gpt-4o", "=1,2", "m=a,b", "m=-1,2"):
+        with pytest.raises(ValueError, match="bad price"):
+            parse_price(bad)
+
+
+def test_agent_options_layers_and_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROXY_KEY", "s3cret")
+    f = tmp_path / "agents.toml"
+    f.write_text(
+        '[defaults]\ntimeout = 600\nmax_tokens = 2048\nheaders = { "X-Team" = "lab" }\n\n'
+        '[[agent]]\nspec = "openai:qwen@http://127.0.0.1:8000/v1"\nname = "qwen"\ntool_choice = "auto"\n'
+        'max_tokens = 4096\nheaders = { "X-Api-Key" = "${PROXY_KEY}" }\nprices = { "qwen" = [0.1, 0.2] }\n'
+        "max_empty_waves = 2\n"
+    )
+    file = load_agent_file(f)
+    flags = cli_options(timeout=30.0, prices=("qwen=1,2",))
+    opts = merge(file.defaults, file.agent[0], flags)
+    assert (opts.timeout, opts.max_tokens, opts.tool_choice, opts.name) == (30.0, 4096, "auto", "qwen")
+    assert opts.headers == {"X-Team": "lab", "X-Api-Key": "${PROXY_KEY}"} and opts.prices == {"qwen": (1.0, 2.0)}
+    llm = llm_kwargs(opts)
+    assert llm["headers"]["X-Api-Key"] == "s3cret" and llm["timeout"] == 30.0
+    assert loop_kwargs(opts) == {"max_empty_waves": 2}
+    shown = summary(opts)  # what AgentJoined records
+    assert shown["headers"] == ["X-Api-Key", "X-Team"] and "s3cret" not in repr(shown)
+    f.write_text('[[agent]]\nspec = "optuna"\ntool_choice = "always"\n')
+    with pytest.raises(SpecError, match=r"Invalid enum value 'always' - at `\$.agent\[0\].tool_choice`"):
+        load_agent_file(f)
+    f.write_text("[[agent]]\nname = 'x'\n")
+    with pytest.raises(SpecError, match="has no spec"):
+        load_agent_file(f)
+    with pytest.raises(SpecError, match="api_key_env = 'NOPE_NOT_SET'"):
+        llm_kwargs(AgentOptions(api_key_env="NOPE_NOT_SET"))
 
 
 def test_agent_specs() -> None:
