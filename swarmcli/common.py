@@ -16,6 +16,22 @@ import click
 REPO_ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
+nats_option = click.option(
+    "--nats",
+    "nats_url",
+    envvar="SWARM_NATS_URL",
+    default="nats://127.0.0.1:4222",
+    show_default=True,
+    help="NATS server URL(s), comma-separated. Credentials: SWARM_NATS_USER/SWARM_NATS_PASSWORD.",
+)
+run_option = click.option(
+    "--run",
+    envvar="SWARM_RUN",
+    default="default",
+    show_default=True,
+    help="Swarm run name (one subject token).",
+)
+
 
 def _urls(nats_url: str) -> tuple[str, ...]:
     return tuple(u.strip() for u in nats_url.split(",") if u.strip())

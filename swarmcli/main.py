@@ -20,22 +20,14 @@ import click
 
 from bus import events as ev
 from bus.trainpy import ast_sha256, sha256
-from swarmcli.common import REPO_ROOT, _check_agent_specs, _connect, _fail, _run_async
-
-nats_option = click.option(
-    "--nats",
-    "nats_url",
-    envvar="SWARM_NATS_URL",
-    default="nats://127.0.0.1:4222",
-    show_default=True,
-    help="NATS server URL(s), comma-separated. Credentials: SWARM_NATS_USER/SWARM_NATS_PASSWORD.",
-)
-run_option = click.option(
-    "--run",
-    envvar="SWARM_RUN",
-    default="default",
-    show_default=True,
-    help="Swarm run name (one subject token).",
+from swarmcli.common import (
+    REPO_ROOT,
+    _check_agent_specs,
+    _connect,
+    _fail,
+    _run_async,
+    nats_option,
+    run_option,
 )
 
 
@@ -237,6 +229,10 @@ def agent(
 @click.option("--hw-class", default="any", show_default=True)
 @click.option("--tier", type=click.Choice(["screen", "validate"]), default="screen", show_default=True)
 @click.option("--author", default="human", show_default=True, help="Agent name recorded for this hypothesis.")
+@click.option("--model", default="human", show_default=True,
+              help="Model recorded for it (a coding agent: its model, for `swarm compare --by model`).")  # fmt: skip
+@click.option("--rationale", default="", help="Why this change should help (shown with its results).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: the hypothesis id and stream sequence.")
 def submit(
     nats_url: str,
     run: str,
@@ -246,6 +242,9 @@ def submit(
     hw_class: str,
     tier: str,
     author: str,
+    model: str,
+    rationale: str,
+    as_json: bool,
 ) -> None:
     """Enqueue a train.py by hand: it runs like any agent's hypothesis."""
     from bus import publish
@@ -268,7 +267,7 @@ def submit(
     )
     hid = f"h-{uuid.uuid4().hex[:12]}"
     event = ev.HypothesisProposed(
-        run=run, source=author, hypothesis_id=hid, agent=author, model="human", train_py=source,
+        run=run, source=author, hypothesis_id=hid, agent=author, model=model, train_py=source, rationale=rationale,
         train_py_sha256=sha256(source), ast_sha256=ast_sha256(source), parent=parent, diff=diff,
         description=description, tier=tier, hw_class=hw_class,  # type: ignore[arg-type]
     )  # fmt: skip
@@ -277,111 +276,12 @@ def submit(
         nc = await _connect(nats_url, "submit")
         try:
             ack = await publish(nc.jetstream(), event)
-            click.echo(f"submitted {hid} (stream seq {ack.seq}); follow it with: swarm logs {hid}")
-        finally:
-            await nc.close()
+            if as_json:
+                from swarmcli.read import document, echo_json
 
-    _run_async(main)
-
-
-@cli.command()
-@nats_option
-@run_option
-@click.option("-n", "--limit", default=15, show_default=True, help="Recent results to show.")
-@click.option("--problems", default=5, show_default=True, help="Recent rejections and LLM errors per agent.")
-def status(nats_url: str, run: str, limit: int, problems: int) -> None:
-    """Best so far per hardware class, baselines and σ, runners, the agents (state, counts, cost, their
-    recent rejected proposals and failed LLM calls), and the latest results."""
-    from rich.console import Console
-
-    from swarmcli.live import LedgerView, render_status
-
-    async def main(stop: asyncio.Event) -> None:
-        nc = await _connect(nats_url, "status")
-        try:
-            view = LedgerView(nc, run)
-            snap = await view.snapshot(limit, problems=problems)
-            Console(width=None if sys.stdout.isatty() else 150).print(render_status(snap, run, problems=True))
-        except TimeoutError:
-            _fail(f"no ledger answered for run {run!r}: start one with `swarm ledger` (or `swarm up`)")
-        finally:
-            await nc.close()
-
-    _run_async(main)
-
-
-@cli.command()
-@nats_option
-@run_option
-@click.argument("hypothesis_id")
-@click.option("--full", is_flag=True, help="Print the whole log (when its file is on this machine).")
-def logs(nats_url: str, run: str, hypothesis_id: str, full: bool) -> None:
-    """Show a hypothesis: its description, every attempt, and the log of each."""
-    from ledger.api import LedgerClient
-
-    async def main(stop: asyncio.Event) -> ev.ExperimentReply:
-        nc = await _connect(nats_url, "logs")
-        try:
-            return await LedgerClient(nc, run).experiment(hypothesis_id)
-        finally:
-            await nc.close()
-
-    reply = _run_async(main)
-    item = reply.item
-    if item is None:
-        _fail(f"no hypothesis {hypothesis_id!r} in run {run!r}; list recent ones with `swarm status`")
-        return
-    click.echo(f"{item.hypothesis_id}  by {item.agent}  [{item.status or 'pending'}]  val_bpb={item.val_bpb}")
-    click.echo(f"  {item.description}")
-    for a in reply.attempts:
-        what = a.get("kind")
-        click.echo(f"- {what} attempt {a.get('attempt')} on {a.get('runner')}"
-                   + (f": {a.get('status')} ({a.get('disposition')}) {a.get('reason') or ''}" if what == "finish" else ""))  # fmt: skip
-    ref = item.log_ref
-    if full and ref and Path(ref).is_file():
-        click.echo(Path(ref).read_text(errors="replace"))
-    else:
-        click.echo("\n--- log tail ---\n" + (item.log_tail or "(no log yet)"))
-
-
-@cli.command()
-@nats_option
-@run_option
-@click.option("--since", type=float, default=0.0, help="Only notes after this unix time.")
-@click.option(
-    "--write", "title", default=None, help="Write a note with this title (body from --body or stdin)."
-)
-@click.option(
-    "--body", type=click.File("r"), default=None, help="Markdown body of the note (default: stdin)."
-)
-@click.option("--program", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Change the research direction: every agent reads this program.md at its next wave.")  # fmt: skip
-def notebook(
-    nats_url: str, run: str, since: float, title: str | None, body: Any, program: Path | None
-) -> None:
-    """Read the shared notebook, write a note to it, or change the research direction."""
-    from bus import publish
-    from ledger.api import LedgerClient
-
-    program_md = program.read_text() if program is not None else None
-
-    async def main(stop: asyncio.Event) -> None:
-        nc = await _connect(nats_url, "notebook")
-        try:
-            js = nc.jetstream()
-            if program_md is not None:
-                await publish(js, ev.ProgramChanged(run=run, source="human", program_md=program_md))
-                click.echo("research direction changed; agents pick it up at their next wave")
-            if title is not None:
-                text = (body or sys.stdin).read()
-                note = ev.NoteWritten(run=run, source="human", note_id=f"n-{uuid.uuid4().hex[:12]}",
-                                      agent="human", title=title, body=text)  # fmt: skip
-                await publish(js, note)
-                click.echo(f"wrote note {note.note_id}")
-            if program is None and title is None:
-                for n in await LedgerClient(nc, run).notes(since_ts=since, limit=200):
-                    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(n.ts))
-                    click.echo(f"## {n.title}\n_{n.agent}, {stamp}_ {' '.join(n.refs)}\n\n{n.body}\n")
+                echo_json(document("submit", run, hypothesis_id=hid, seq=ack.seq, agent=author, model=model))
+            else:
+                click.echo(f"submitted {hid} (stream seq {ack.seq}); follow it with: swarm logs {hid}")
         finally:
             await nc.close()
 
@@ -425,13 +325,26 @@ def _open_db(db: Path) -> Any:
 @click.option("--run", default=None, help="Run to report on (default: every run in the ledger).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"),
               show_default=True)  # fmt: skip
-def report(db: Path, run: str | None, out: Path) -> None:
-    """Write one self-contained HTML report (opens offline): progress, agents, runners, leaderboard, notebook."""
-    from ledger.analysis import write_report
+@click.option("--png", "png_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write the report's figures as PNG files into this directory.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the report's figures as JSON (docs/json.md).")
+def report(db: Path, run: str | None, out: Path, png_dir: Path | None, as_json: bool) -> None:
+    """Write one self-contained HTML report (opens offline): progress, agents, runners, leaderboard, notebook;
+    with --png its figures as PNG files, with --json its numbers for tools."""
+    from ledger.analysis import latest_run, load_run, summary, write_pngs, write_report
+    from swarmcli.read import echo_json
 
     con = _open_db(db)
+    run = run or latest_run(con)
     path = write_report(con, out, run=run)
+    pngs = write_pngs(load_run(con, run), png_dir) if png_dir is not None and run is not None else []
+    if as_json:
+        doc = summary(load_run(con, run)) if run is not None else {"schema": "swarm.report/1", "run": None}
+        echo_json({**doc, "html": str(path), "png": [str(p) for p in pngs]})
+        return
     click.echo(f"wrote {path}")
+    for p in pngs:
+        click.echo(f"wrote {p}")
 
 
 @cli.command()
@@ -454,7 +367,7 @@ def compare(db: Path, runs: str | None, by: str, as_json: bool) -> None:
     con = _open_db(db)
     result = do_compare(con, runs=runs.split(",") if runs else None, by=by)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        click.echo(json.dumps({"schema": "swarm.compare/1", **result.to_dict()}, indent=2, default=str))
     else:
         Console(width=None if sys.stdout.isatty() else 150).print(render_table(result))
 
@@ -531,9 +444,12 @@ def replay(nats_url: str, db: Path, archive: Path | None, since: str | None) -> 
 # --------------------------------------------------------------------------------------------------
 # the embedded default
 
+from swarmcli.read import dashboard, logs, notebook, status  # noqa: E402  (the read commands)
 from swarmcli.up import up  # noqa: E402  (registers `swarm up`)
 
 cli.add_command(up)
+for _command in (status, logs, notebook, dashboard):
+    cli.add_command(_command)
 
 
 def main() -> None:

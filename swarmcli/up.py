@@ -46,6 +46,7 @@ class UpConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # AgentConfig fields for every agent
     agent_options: list[Any] = field(default_factory=list)  # agents.options.AgentOptions, one per agent
     secure: bool = False
+    dashboard_port: int | None = None  # serve the web dashboard on this port (swarm up --dashboard)
 
 
 def _gpu_count() -> int:
@@ -105,6 +106,8 @@ def _port_free(host: str, port: int) -> bool:
     "--port", type=int, default=None, help="Its client port (default 4222, or a free one if taken)."
 )
 @click.option("--live/--no-live", default=None, help="Live view (default: when stdout is a terminal).")
+@click.option("--dashboard", "dashboard_port", type=int, is_flag=False, flag_value=8765, default=None,
+              help="Serve the live web dashboard (on port 8765, or the one given) and print its URL.")  # fmt: skip
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the HTML report at the end (default: <state-dir>/<run>/report.html).")  # fmt: skip
 @click.option(
@@ -138,6 +141,7 @@ def up(
     host: str,
     port: int | None,
     live: bool | None,
+    dashboard_port: int | None,
     report: Path | None,
     calibrate: bool,
     gpu_seconds_per_agent: float | None,
@@ -198,7 +202,7 @@ def up(
         live=sys.stdout.isatty() if live is None else live,
         report=report or state_dir / run / "report.html", calibrate=calibrate,
         extra={"max_gpu_seconds": gpu_seconds_per_agent, "isolated": isolated},
-        secure=secure, agent_options=plans,
+        secure=secure, agent_options=plans, dashboard_port=dashboard_port,
     )  # fmt: skip
     _run_async(lambda stop: run_up(cfg, stop))
 
@@ -259,6 +263,8 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
             )
         )
         await _wait_or_fail(ledger_ready, tasks, "the ledger did not start")
+        if cfg.dashboard_port is not None:
+            tasks["dashboard"] = asyncio.create_task(_dashboard(nc, cfg, ledger_stop))
         for i in range(cfg.runners):
             gpu = cfg.gpus[i] if cfg.gpus else None
             rc = RunnerConfig(
@@ -325,6 +331,7 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
             await view.close()
         ledger_stop.set()
         await _gather(tasks, "ledger")
+        await _gather(tasks, "dashboard")
         await nc.close()
         await asyncio.to_thread(server.stop)
     _write_report(cfg)
@@ -356,6 +363,17 @@ async def _wait_for_runners(
     raise click.ClickException(
         f"the runners did not join within {timeout:.0f} s (see {cfg.state_dir}/{cfg.run})"
     )
+
+
+async def _dashboard(nc: Any, cfg: UpConfig, stop: asyncio.Event) -> None:
+    """The web dashboard (dashboard/) of this run, on loopback, or on every address with ``--host 0.0.0.0``
+    (then behind a token: SWARM_DASHBOARD_TOKEN or a random one, in the printed URL)."""
+    from dashboard import DashboardConfig, run_dashboard
+
+    host = "0.0.0.0" if cfg.host == "0.0.0.0" else "127.0.0.1"
+    token = os.environ.get("SWARM_DASHBOARD_TOKEN") or None
+    dash = DashboardConfig(run=cfg.run, host=host, port=cfg.dashboard_port or 0, token=token)
+    await run_dashboard(nc, dash, stop=stop, on_ready=lambda url: click.echo(f"  dashboard: {url}", err=True))
 
 
 def _split(total: int, n: int) -> list[int]:
