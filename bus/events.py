@@ -68,10 +68,15 @@ def check_token(kind: str, value: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # shared value types
 
-Status: TypeAlias = Literal["ok", "crash", "timeout", "oom", "nan", "rejected", "lost"]
+# over_budget: trained past its budget by the runner's clock (never kept, whatever it scored)
+Status: TypeAlias = Literal["ok", "crash", "timeout", "oom", "nan", "rejected", "lost", "over_budget"]
+BudgetUnit: TypeAlias = Literal["seconds", "tokens"]
 Tier: TypeAlias = Literal["screen", "validate"]
 Decision: TypeAlias = Literal["keep", "discard"]
-BASELINE = "baseline"  # the parent of an unmodified train.py
+BASELINE = "baseline"  # the parent of an unmodified train.py, and the agent name its runs are proposed under
+# the tags of HypothesisProposed: one vocabulary for the agents, the ledger's views and the exports
+BASELINE_TAG = "baseline"  # the unmodified train.py, run R times per hardware class (its mean and σ)
+REPEAT_TAG = "repeat"  # a confirming re-run of another hypothesis (validate tier; parent = the original)
 
 
 class Hardware(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -95,6 +100,12 @@ class Calibration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     tokens_per_second: float = 0.0
     seconds: float = 0.0
     train_py_sha256: str = ""
+    val_bpb: float | None = None  # the calibration run's trusted result (the pipeline works end to end)
+    startup_seconds: float = 0.0  # process start -> first batch asked for
+    training_seconds: float = 0.0  # the runner's clock over the budget
+    eval_seconds: float = 0.0
+    budget: float = 0.0
+    budget_unit: str = ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,7 +138,9 @@ class HypothesisProposed(Event, tag=True, frozen=True):
     tier: Tier = "screen"
     hw_class: str = "any"
     seed: int = 0
-    budget_seconds: float | None = None  # None: the runner's profile default
+    budget_seconds: float | None = None  # deprecated: a seconds budget (use budget + budget_unit)
+    budget: float | None = None  # None: the profile's budget; a runner caps it at its own limit
+    budget_unit: str = ""  # "seconds" | "tokens"; "" = the unit of the profile it runs under
     ast_sha256: str = ""  # hash of the normalised AST, for dedup of cosmetic edits
     tags: list[str] = msgspec.field(default_factory=list)
     knobs: dict[str, Any] = msgspec.field(default_factory=dict)  # UPPER_CASE constants of train.py
@@ -162,8 +175,12 @@ class ExperimentFinished(Event, tag=True, frozen=True):
     train_py_sha256: str = ""
     dataset_fingerprint: str = ""
     tokenizer_fingerprint: str = ""
-    budget_seconds: float = 0.0
+    budget_seconds: float = 0.0  # the budget's amount when its unit is seconds (older readers)
     late: bool = False  # the runner knew its lease was lost before it published
+    budget: float = 0.0  # what this attempt got (after the runner's cap), in budget_unit
+    budget_unit: str = ""
+    eval_seconds: float = 0.0
+    profile: str = ""  # cpu | gpu: which half of train.py's knobs it ran
 
 
 class HypothesisDecided(Event, tag=True, frozen=True):

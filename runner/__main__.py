@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None = None) -> RunnerConfig:
     p.add_argument("--state-dir", default=".swarm/runner")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--profile", default="", choices=["", "cpu", "gpu"])
-    p.add_argument("--budget", type=float, default=None)
+    p.add_argument("--budget", type=float, default=None,
+                   help="most a hypothesis may get, in the profile's unit (cpu: tokens, gpu: seconds); "
+                        "default: the profile's budget (prepare.py)")
     p.add_argument("--startup-seconds", type=float, default=None)
     p.add_argument("--eval-seconds", type=float, default=None)
     p.add_argument("--ack-wait", type=float, default=120.0)
@@ -64,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> RunnerConfig:
         state_dir=Path(a.state_dir),
         cache_dir=Path(a.cache_dir) if a.cache_dir else None,
         profile=a.profile,
-        budget_seconds=a.budget,
+        max_budget=a.budget,
         startup_seconds=a.startup_seconds,
         eval_seconds=a.eval_seconds,
         ack_wait=a.ack_wait,

@@ -13,11 +13,12 @@ from bus.events import check_token
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Profile defaults (seconds). The budget itself is prepare.py's (cpu 45, gpu 300) unless overridden;
-# these only size the hard limit: budget + startup + evaluation + grace.
+# Allowances per profile (seconds), before calibration tightens them (runner/lab.py). The budget itself is
+# prepare.py's profile's (its one owner); these bound what happens around it: process start to the first
+# batch, the declared warm-up (compile), the evaluation.
 STARTUP_SECONDS = {"cpu": 60.0, "gpu": 180.0}
+WARMUP_SECONDS = {"cpu": 0.0, "gpu": 180.0}
 EVAL_SECONDS = {"cpu": 120.0, "gpu": 180.0}
-DEFAULT_BUDGET = {"cpu": 45.0, "gpu": 300.0}
 
 
 def absolute(path: str | Path) -> Path:
@@ -40,7 +41,8 @@ class RunnerConfig:
     ``executor``: ``process`` (default), ``docker`` or ``simulated``.
     ``state_dir``: the runner's own directory (workdirs, full logs, train view, pristine harness copy).
     ``cache_dir``: where prepare.py keeps prepared data and tokenizers (once per node; SWARM_CACHE_DIR).
-    ``budget_seconds``: overrides the hypothesis's and profile's training budget.
+    ``max_budget``: the most this runner gives one experiment, in the profile's budget unit (a hypothesis
+    asking for more gets this much, and its result records what it got); None: the profile's budget.
     ``ack_wait`` / ``max_deliver``: the work consumers' lease and delivery bound (must match every
     runner of the run: they configure one shared durable consumer).
     ``gpu``: the GPU index (CUDA_VISIBLE_DEVICES) of a one-per-GPU runner; ``threads``: thread limit of a
@@ -58,10 +60,11 @@ class RunnerConfig:
     state_dir: Path = field(default_factory=lambda: Path(".swarm") / "runner")
     cache_dir: Path | None = None
     profile: str = ""  # cpu | gpu; "" = gpu when a GPU is visible, else cpu
-    budget_seconds: float | None = None
+    max_budget: float | None = None
     startup_seconds: float | None = None
     eval_seconds: float | None = None
-    grace_seconds: float = 15.0
+    grace_seconds: float = 10.0  # the budget window's fixed tolerance (plus 5 % of the window)
+    eval_tokens: int | None = None  # scored validation tokens (None: the profile's; tests use fewer)
     ack_wait: float = 120.0
     max_deliver: int = 5
     gpu: int | None = None
@@ -70,7 +73,7 @@ class RunnerConfig:
     burst: bool = False
     max_experiments: int | None = None
     calibrate: bool = True
-    calibration_budget: float = 10.0
+    calibration_budget: float | None = None  # None: the profile's budget (seconds: 20 s at most)
     prefetch: bool = True
     stop_grace_seconds: float = 30.0
     fetch_timeout: float = 5.0

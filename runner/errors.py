@@ -17,3 +17,7 @@ class ExecutorUnavailable(RunnerError):
 
 class PrepareFailed(RunnerError):
     """The node's data and tokenizer could not be prepared (prepare.py's ensure_prepared failed)."""
+
+
+class CalibrationFailed(RunnerError):
+    """The unmodified train.py did not run to a trusted result on this runner: it must not take work."""

@@ -56,35 +56,39 @@ def install_pristine(config: RunnerConfig) -> tuple[Path, str]:
     return pristine, hashlib.sha256(data).hexdigest()
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def build_train_view(data_dir: Path, view: Path) -> None:
-    """A world-readable copy (hard links where possible) of the training data directory."""
+def build_data_view(data_dir: Path, view: Path) -> None:
+    """A world-readable copy of what a step may read of the prepared data: tokenizer, token byte lengths
+    and meta. No token files: training data comes from the runner's feed, batch by batch."""
     if view.exists():
         shutil.rmtree(view)
-    shutil.copytree(data_dir, view, symlinks=False, copy_function=_link_or_copy)
-    for root, dirs, files in os.walk(view):
-        os.chmod(root, 0o755)
-        for f in files:
-            p = os.path.join(root, f)
-            os.chmod(p, os.stat(p).st_mode | 0o444)
-        del dirs  # walked anyway
+    view.mkdir(parents=True)
+    for name in ("tokenizer.json", "token_bytes.npy", "meta.json"):
+        if (data_dir / name).exists():
+            shutil.copyfile(data_dir / name, view / name)
+            (view / name).chmod(0o444)
+    view.chmod(0o755)
 
 
-def _contains(parent: Path, child: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-    except ValueError:
-        return False
-    return True
+def python_lib_dirs() -> list[Path]:
+    """The standard-library directories of every Python installation a step can see (its own interpreter's
+    and the system's), where the offline corpus's validation packages live."""
+    roots = {Path(sys.base_prefix), Path(sys.prefix), Path("/usr"), Path("/usr/local")}
+    found: list[Path] = []
+    for root in roots:
+        for lib in ("lib", "lib64"):
+            found.extend(p for p in sorted((root / lib).glob("python3*")) if p.is_dir())
+    return sorted({p.resolve() for p in found})
 
 
-async def prepare_node(config: RunnerConfig, profile: str) -> NodeData:
+def hidden_val_sources(meta: dict[str, object]) -> list[Path]:
+    """Directories to cover in every step: for the offline corpus, its validation packages in each Python
+    installation (see prepare.OFFLINE_VAL_DIRS). Other corpora live in the cache, which no step sees."""
+    identity = meta.get("source_identity")
+    val_dirs = identity.get("val_dirs", []) if isinstance(identity, dict) else []
+    return [lib / str(d) for lib in python_lib_dirs() for d in val_dirs if (lib / str(d)).is_dir()]
+
+
+async def prepare_node(config: RunnerConfig, profile: str, hw_class: str = "") -> NodeData:
     """Run the pristine prepare.py's ``ensure_prepared`` (data + tokenizer, cached per node)."""
     pristine, _ = install_pristine(config)
     cache = default_cache_dir(config)
@@ -108,47 +112,33 @@ async def prepare_node(config: RunnerConfig, profile: str) -> NodeData:
             f"prepare.py ensure_prepared(profile={profile!r}) failed (exit {proc.returncode}):\n{out[-3000:]}"
         )
     info = json.loads(lines[-1].split(" ", 1)[1])
-    data_dir, val_dir = Path(info["data_dir"]), Path(info["val_dir"])
-    view = config.state_dir / "train_view"
-    build_train_view(data_dir, view)
-    hidden: list[Path] = []
-    for p in (Path(info.get("root", "")) if info.get("root") else None, val_dir, cache):
-        if p is None or not p.exists() or any(_contains(h, p) or _contains(p, h) for h in hidden):
-            if p is not None and p.exists():  # nested: hide the outermost one only
-                hidden = [h for h in hidden if not _contains(p, h)]
-                if not any(_contains(h, p) for h in hidden):
-                    hidden.append(p)
-            continue
-        if _contains(p, config.state_dir) or _contains(p, view):
-            log.warning("cannot hide %s during training: it contains the runner's state dir", p)
-            continue
-        hidden.append(p)
-    return _node_data(profile, view, val_dir, hidden, pristine, cache, info)
+    return await asyncio.to_thread(_node_data, config, profile, hw_class, info, pristine, cache)
 
 
-def _node_data(
-    profile: str,
-    view: Path,
-    val_dir: Path,
-    hidden: list[Path],
-    pristine: Path,
-    cache: Path,
-    info: dict[str, object],
-) -> NodeData:
+def _node_data(config: RunnerConfig, profile: str, hw_class: str, info: dict[str, str], pristine: Path,
+               cache: Path) -> NodeData:
+    data_dir, val_dir = Path(info["data_dir"]).resolve(), Path(info["val_dir"]).resolve()
+    meta = json.loads((data_dir / "meta.json").read_text())
+    view = config.state_dir / "data_view"
+    build_data_view(data_dir, view)
     return NodeData(
         profile=profile,
         train_view=view.resolve(),
-        val_dir=val_dir.resolve(),
-        hidden=tuple(h.resolve() for h in hidden),
+        val_dir=val_dir,
+        hidden=tuple(hidden_val_sources(meta)),
         pristine_dir=pristine.resolve(),
         cache_dir=cache.resolve(),
-        dataset_fingerprint=str(info.get("dataset_fingerprint", "")),
-        tokenizer_fingerprint=str(info.get("tokenizer_fingerprint", "")),
-        vocab_size=int(str(info.get("vocab_size") or 0)),
+        dataset_fingerprint=str(meta.get("dataset_fingerprint", "")),
+        tokenizer_fingerprint=str(meta.get("tokenizer_fingerprint", "")),
+        vocab_size=int(meta.get("vocab_size") or 0),
+        hw_class=hw_class,
+        data_view=view.resolve(),
+        train_dir=(data_dir / "train").resolve(),
+        bos_id=int(meta.get("bos_id") or 0),
     )
 
 
-def simulated_node(config: RunnerConfig, profile: str) -> NodeData:
+def simulated_node(config: RunnerConfig, profile: str, hw_class: str = "") -> NodeData:
     base = config.state_dir / "simulated"
     for d in ("train", "val", "pristine"):
         (base / d).mkdir(parents=True, exist_ok=True)
@@ -161,4 +151,5 @@ def simulated_node(config: RunnerConfig, profile: str) -> NodeData:
         cache_dir=base,
         dataset_fingerprint="simulated",
         tokenizer_fingerprint="simulated",
+        hw_class=hw_class,
     )

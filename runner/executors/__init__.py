@@ -1,32 +1,21 @@
-"""Executors behind one Protocol: ``process`` (default), ``docker``, ``simulated``."""
+"""Executors. Isolating ones (``process``, ``docker``) run :class:`~runner.executors.steps.Step` s that the
+runner describes (runner/jobs.py); the ``simulated`` one answers from a landscape in compressed time."""
 
 from __future__ import annotations
 
-from runner.config import RunnerConfig
 from runner.executors.base import EvalOutcome, Executor, Job, LineCallback, NodeData, TrainOutcome
-
-
-def make_executor(config: RunnerConfig) -> Executor:
-    """The executor named by ``config.executor``."""
-    if config.executor == "process":
-        from runner.executors.process import ProcessExecutor
-
-        return ProcessExecutor(config)
-    if config.executor == "docker":
-        from runner.executors.docker import DockerExecutor
-
-        return DockerExecutor(config)
-    from runner.executors.simulated import SimulatedExecutor
-
-    return SimulatedExecutor(config)
-
+from runner.executors.steps import Isolator, Limits, Mount, Step, StepResult
 
 __all__ = [
     "EvalOutcome",
     "Executor",
+    "Isolator",
     "Job",
+    "Limits",
     "LineCallback",
+    "Mount",
     "NodeData",
+    "Step",
+    "StepResult",
     "TrainOutcome",
-    "make_executor",
 ]

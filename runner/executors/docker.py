@@ -1,14 +1,14 @@
-"""The docker executor: a container per step (docker SDK).
+"""The docker executor: each step a container (docker SDK).
 
-Training container: no network, memory and pids limits, read-only root with a tmpfs /tmp, the job's work
-dir bind-mounted read-write, the training view read-only and nothing else of the data (the validation split
-is not mounted at all), the GPU by device request on GPU nodes. Evaluation container: the same limits, the
-verified train.py + pristine prepare.py (eval dir, rw for its result), the weights read-only and the
-validation split read-only. OOM kills are read from the container state; containers are removed afterwards.
+A container gets exactly what the step describes: its mounts at the same paths (read-only unless
+writable), its hidden directories covered by an empty tmpfs, a private tmpfs ``/tmp`` and ``/dev/shm``, no
+network, a read-only root, the uid ``nobody``, memory and pids limits, the step's one GPU (seen inside as
+device 0). OOM kills are read from the container state; containers are removed afterwards, also when the
+run is cancelled.
 
-The image is configurable (``RunnerConfig.docker_image``; the repo's Dockerfile builds a CUDA/PyTorch one).
-``docker_mounts`` adds read-only host paths at the same path inside (the tests mount the host's interpreter
-and venv into an image imported from an empty tar).
+The image is configurable (``RunnerConfig.docker_image``; the repo's Dockerfile builds one).
+``extra_mounts`` adds read-only host paths at the same path inside (the tests mount the host's ``/usr`` and
+friends into an image imported from an empty tar).
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from runner.config import RunnerConfig
 from runner.errors import ExecutorUnavailable
-from runner.executors.base import EvalOutcome, Job, LineCallback, NodeData, TrainOutcome
-from runner.executors.sandbox import MAX_OUTPUT_CHARS
+from runner.executors.sandbox import MAX_OUTPUT_CHARS, NOBODY
+from runner.executors.steps import LineCallback, Step, StepResult
 
 log = logging.getLogger("swarm.runner.docker")
 
@@ -32,107 +29,84 @@ log = logging.getLogger("swarm.runner.docker")
 class DockerExecutor:
     name = "docker"
 
-    def __init__(self, config: RunnerConfig) -> None:
-        self.config = config
+    def __init__(self, image: str, *, extra_mounts: tuple[str, ...] = (), labels: dict[str, str] | None = None) -> None:
+        self.image = image
+        self.extra_mounts = extra_mounts
+        self.labels = labels or {}
         self.client: Any = None
-        self.node: NodeData | None = None
-        self.python = config.docker_python
 
-    async def setup(self, node: NodeData) -> None:
-        self.node = node
+    async def setup(self) -> None:
         try:
             import docker
 
             self.client = await asyncio.to_thread(docker.from_env)
             await asyncio.to_thread(self.client.ping)
-            await asyncio.to_thread(self.client.images.get, self.config.docker_image)
+            await asyncio.to_thread(self.client.images.get, self.image)
         except Exception as e:
+            if self.client is not None:
+                with contextlib.suppress(Exception):
+                    self.client.close()
+                self.client = None
             raise ExecutorUnavailable(
-                f"docker executor: engine or image {self.config.docker_image!r} unavailable ({e}); start dockerd "
+                f"docker executor: engine or image {self.image!r} unavailable ({e}); start dockerd "
                 "(DOCKER_HOST) and build the image (docker build -t swarm-runner .)"
             ) from e
 
-    # -- container specs ------------------------------------------------------------------------------
-
-    def _mounts(self, rw: list[Path], ro: list[Path]) -> dict[str, dict[str, str]]:
-        vols: dict[str, dict[str, str]] = {}
-        for m in self.config.docker_mounts:
-            vols[str(m)] = {"bind": str(m), "mode": "ro"}
-        for p in ro:
-            vols[str(p.resolve())] = {"bind": str(p.resolve()), "mode": "ro"}
-        for p in rw:
-            vols[str(p.resolve())] = {"bind": str(p.resolve()), "mode": "rw"}
-        return vols
-
-    def _common(self, job: Job, env: dict[str, str]) -> dict[str, Any]:
-        cfg = self.config
+    def container_spec(self, step: Step) -> dict[str, Any]:
+        """The docker SDK's ``containers.create`` keywords for ``step`` (tests read them too)."""
+        vols: dict[str, dict[str, str]] = {m: {"bind": m, "mode": "ro"} for m in self.extra_mounts}
+        for m in step.mounts:
+            vols[str(m.path)] = {"bind": str(m.path), "mode": "rw" if m.writable else "ro"}
+        tmpfs = {"/tmp": f"rw,size={step.limits.tmp_mb}m,mode=1777",
+                 "/dev/shm": f"rw,size={step.limits.tmp_mb}m,mode=1777"}
+        for h in step.hidden:
+            tmpfs[str(h)] = "ro,size=4k,mode=000"
+        env = dict(step.env)
         kw: dict[str, Any] = dict(
-            image=cfg.docker_image,
+            image=self.image,
+            command=list(step.argv),
+            working_dir=str(step.cwd),
+            environment=env,
+            volumes=vols,
+            tmpfs=tmpfs,
             network_mode="none",
             read_only=True,
-            tmpfs={"/tmp": "rw,size=1g", "/dev/shm": "rw,size=1g"},
-            pids_limit=cfg.nproc_limit,
-            environment={
-                "HOME": "/tmp",
-                "TMPDIR": "/tmp",
-                "PYTHONUNBUFFERED": "1",
-                "PYTHONDONTWRITEBYTECODE": "1",
-                "SWARM_TIME_BUDGET": f"{job.budget_seconds:g}",
-                "SWARM_SEED": str(job.seed),
-                "SWARM_PROFILE": self.node.profile if self.node else "cpu",
-                **{k: v for k, v in job.env.items() if k != "CUDA_VISIBLE_DEVICES"},
-                **env,
-            },
-            labels={"swarm.runner": cfg.runner_id, "swarm.hypothesis": job.hypothesis_id},
+            user=f"{NOBODY}:{NOBODY}",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            ipc_mode="private",
+            pids_limit=step.limits.nproc,
+            labels={**self.labels, "swarm.step": step.name},
             detach=True,
         )
-        if cfg.memory_limit_mb:
-            kw["mem_limit"] = f"{cfg.memory_limit_mb}m"
-            kw["memswap_limit"] = f"{cfg.memory_limit_mb}m"
-        if cfg.threads:
-            kw["nano_cpus"] = int(cfg.threads * 1e9)
-        if self.node and self.node.profile == "gpu":
+        if step.limits.memory_mb:
+            kw["mem_limit"] = f"{step.limits.memory_mb}m"
+            kw["memswap_limit"] = f"{step.limits.memory_mb}m"
+        if step.limits.threads:
+            kw["nano_cpus"] = int(step.limits.threads * 1e9)
+        if step.gpu is not None:
             import docker
 
-            ids = [str(cfg.gpu)] if cfg.gpu is not None else None
-            kw["device_requests"] = [
-                docker.types.DeviceRequest(device_ids=ids, count=None if ids else -1, capabilities=[["gpu"]])
-            ]
+            kw["device_requests"] = [docker.types.DeviceRequest(device_ids=[str(step.gpu)], capabilities=[["gpu"]])]
+            env["CUDA_VISIBLE_DEVICES"] = "0"  # the container sees its one GPU as device 0
         return kw
 
-    def _interpreter_mounts(self) -> list[Path]:
-        if self.python.startswith("/") and self.python == sys.executable:
-            return [Path(sys.prefix), Path(sys.base_prefix)]
-        return []
+    async def run(self, step: Step, on_line: LineCallback | None = None) -> StepResult:
+        assert self.client is not None, "setup() first"
+        c = await asyncio.to_thread(self.client.containers.create, **self.container_spec(step))
+        try:
+            return await self._run(c, step, on_line)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(c.remove, force=True)
 
-    async def prepare(self, job: Job) -> None:
-        assert self.node is not None and self.client is not None, "setup() first"
-        job.out_dir.mkdir(parents=True, exist_ok=True)
-        job.work_dir.chmod(0o777)
-        job.out_dir.chmod(0o777)
-        kw = self._common(
-            job,
-            {
-                "SWARM_MODE": "runner",
-                "SWARM_DATA_DIR": str(self.node.train_view),
-                "SWARM_OUT_DIR": str(job.out_dir.resolve()),
-            },
-        )
-        kw["volumes"] = self._mounts([job.work_dir], [self.node.train_view, *self._interpreter_mounts()])
-        kw["working_dir"] = str(job.work_dir.resolve())
-        kw["command"] = [self.python, "-s", "-u", "train.py"]
-        c = await asyncio.to_thread(self.client.containers.create, **kw)
-        job.state["train_container"] = c.id
-
-    async def _run(
-        self, job: Job, cid: str, timeout: float, on_line: LineCallback | None
-    ) -> tuple[int | None, bool, bool, str]:
-        """Start, stream logs, wait with a hard limit. Returns (exit code, timed out, oom killed, output)."""
-        assert self.client is not None
-        c = await asyncio.to_thread(self.client.containers.get, cid)
+    async def _run(self, c: Any, step: Step, on_line: LineCallback | None) -> StepResult:
         loop = asyncio.get_running_loop()
         chunks: list[str] = []
-        logf = job.log_path.open("a", encoding="utf-8", errors="replace")
+        logf = step.log_path.open("a", encoding="utf-8", errors="replace")
+        if step.header:
+            logf.write(step.header + " (isolation=docker)\n")
+            logf.flush()
 
         def pump() -> None:
             buf = b""
@@ -149,76 +123,29 @@ class DockerExecutor:
                 logf.write(buf.decode(errors="replace"))
                 chunks.append(buf.decode(errors="replace"))
 
+        started = time.monotonic()
         await asyncio.to_thread(c.start)
         reader = asyncio.create_task(asyncio.to_thread(pump))
         timed_out = False
         try:
-            await asyncio.wait_for(asyncio.to_thread(c.wait), timeout)
+            await asyncio.wait_for(asyncio.to_thread(c.wait), step.timeout)
         except TimeoutError:
             timed_out = True
         finally:
+            ended = time.monotonic()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(c.kill)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(reader, 10)
+            if timed_out:
+                logf.write(f"\n[runner] killed: hard time limit of {step.timeout:.0f} s reached\n")
             logf.close()
         await asyncio.to_thread(c.reload)
         state = c.attrs.get("State", {})
-        out = "".join(chunks)[-MAX_OUTPUT_CHARS:]
         code = None if timed_out else int(state.get("ExitCode", -1))
-        return code, timed_out, bool(state.get("OOMKilled")), out
-
-    async def train(self, job: Job, on_line: LineCallback) -> TrainOutcome:
-        if "train_container" not in job.state:
-            await self.prepare(job)
-        start = time.monotonic()
-        code, timed_out, oom, out = await self._run(
-            job, job.state["train_container"], job.train_timeout, on_line
-        )
-        return TrainOutcome(
-            code, time.monotonic() - start, timed_out=timed_out, oom_killed=oom or code == 137, output=out
-        )
-
-    async def evaluate(self, job: Job) -> EvalOutcome:
-        assert self.node is not None and self.client is not None
-        result = (job.eval_dir / "result.json").resolve()
-        job.eval_dir.chmod(0o777)
-        kw = self._common(
-            job,
-            {"SWARM_DATA_DIR": str(self.node.train_view), "SWARM_VAL_DIR": str(self.node.val_dir)},
-        )
-        kw["volumes"] = self._mounts(
-            [job.eval_dir],
-            [job.out_dir, self.node.train_view, self.node.val_dir, *self._interpreter_mounts()],
-        )
-        kw["working_dir"] = str(job.eval_dir.resolve())
-        kw["command"] = [
-            self.python, "-s", "-u", "prepare.py", "evaluate",
-            "--train-py", str((job.eval_dir / "train.py").resolve()),
-            "--model-dir", str(job.out_dir.resolve()),
-            "--val-dir", str(self.node.val_dir),
-            "--json-out", str(result),
-        ]  # fmt: skip
-        start = time.monotonic()
-        c = await asyncio.to_thread(self.client.containers.create, **kw)
-        job.state["eval_container"] = c.id
-        code, timed_out, _, out = await self._run(job, c.id, job.eval_timeout, None)
-        secs = time.monotonic() - start
-        if timed_out:
-            return EvalOutcome("error", reason=f"evaluation exceeded {job.eval_timeout:.0f} s", output=out)
-        if code != 0:
-            return EvalOutcome("error", reason=f"evaluation exited with {code}", output=out, seconds=secs)
-        return EvalOutcome.from_json_file(result, out, secs)
-
-    async def cleanup(self, job: Job) -> None:
-        if self.client is None:
-            return
-        for key in ("train_container", "eval_container"):
-            cid = job.state.pop(key, None)
-            if cid:
-                with contextlib.suppress(Exception):
-                    c = await asyncio.to_thread(self.client.containers.get, cid)
-                    await asyncio.to_thread(c.remove, force=True)
+        out = "".join(chunks)[-MAX_OUTPUT_CHARS:]
+        oom = bool(state.get("OOMKilled")) or code == 137
+        return StepResult(code, started, ended, timed_out=timed_out, oom_killed=oom, output=out)
 
     async def close(self) -> None:
         if self.client is not None:

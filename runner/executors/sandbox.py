@@ -1,25 +1,25 @@
 """Running one untrusted step as a child process: scrubbed environment, resource limits, its own process
-group (and, with namespace isolation, its own mount/network/pid namespaces), a hard time limit after which
-everything it started is killed, and its output streamed to a log file.
+group (and, with namespace isolation, its own root file system, pid and network namespaces), a hard time
+limit after which everything it started is killed, and its output streamed to a log file.
 
-Namespace isolation (``unshare`` + ``setpriv``, Linux) guarantees, for the step it wraps:
+Namespace isolation (``unshare`` + ``pivot_root`` + ``setpriv``, Linux) gives the step, in a new mount
+namespace, a new root that holds only:
 
-* ``hidden`` paths are covered by an empty, unreadable tmpfs (the validation split and the prepare cache
-  during training): the files are not reachable by any path, even by a root process;
-* the whole file system is read-only (the root is re-bound read-only; /dev, /proc and /dev/shm keep
-  their own mounts), so train.py cannot write to /tmp or anywhere else outside its work dir;
-* ``readonly`` paths (the runner's state dir with its pristine prepare.py and other jobs, the repo, the
-  interpreter's prefixes, the runner user's home) are bind-mounted read-only, ``writable`` paths (the job's
-  work dir) are bound writable;
-* no network (an empty network namespace: only a down loopback);
-* a pid namespace whose init is the step: when it dies or is killed, every process it started dies too,
-  including ones that called setsid;
-* all capabilities dropped (bounding set emptied, no_new_privs), so the mounts cannot be undone.
+* the system's own directories (:data:`SYSTEM_PATHS`: ``/usr``, the dynamic linker's files, ``/sys``),
+  read-only, and the step's :class:`~runner.executors.steps.Mount` s (the interpreter, the venv, the
+  harness, its work dir...), read-only unless marked writable — an allowlist: a copy of the validation
+  split anywhere else on the host (the cache, ``/tmp``, another job) is not reachable by any path;
+* its :attr:`~runner.executors.steps.Step.hidden` directories covered by an empty unreadable tmpfs (the
+  offline corpus's validation packages inside every Python installation it can see);
+* a private, empty ``/tmp`` and ``/dev/shm`` (tmpfs, size-limited), a minimal ``/dev``, its own ``/proc``;
+* no network (an empty network namespace), a pid namespace whose init is the step (when it dies every
+  process it started dies too, including ones that called setsid), and — as root — the uid ``nobody`` with
+  no capabilities (bounding set emptied, no_new_privs), so the mounts cannot be undone and root-owned
+  files stay closed.
 
 Without it (``isolation="none"``, or where unprivileged user namespaces are off and the runner is not root)
 the step still gets the scrubbed environment, the limits and its own process group, and is simply not
-told where the validation files are: a hostile train.py could still look for them. Use the docker
-executor, or run the runner as root, where that matters.
+told where anything is: use the docker executor, or run the runner as root, where that matters.
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.executors.base import LineCallback
+from runner.executors.steps import Limits, LineCallback, Mount, StepResult
 
 log = logging.getLogger("swarm.runner.sandbox")
 
@@ -55,8 +54,17 @@ ENV_ALLOW = (
     "NVIDIA_VISIBLE_DEVICES",
     "NVIDIA_DRIVER_CAPABILITIES",
     "PYTORCH_CUDA_ALLOC_CONF",
-    "VIRTUAL_ENV",
 )
+
+# The host's system directories and files every step sees read-only (where they exist). Nothing of /root,
+# /home, /tmp, /var, /opt, /srv or the runner's state: what a step needs beyond these comes as a Mount.
+SYSTEM_PATHS = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/passwd", "/etc/group",
+    "/etc/nsswitch.conf", "/etc/localtime", "/etc/hosts", "/etc/alternatives", "/sys",
+)  # fmt: skip
+DEV_NODES = ("null", "zero", "full", "random", "urandom")
+NOBODY = 65534
 
 MAX_OUTPUT_CHARS = 256_000  # kept in memory for parsing (the whole log goes to the file)
 
@@ -68,90 +76,88 @@ def scrubbed_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-@dataclass
-class Limits:
-    """Resource limits set with setrlimit in the child before it runs anything (None: unlimited)."""
+def preexec(limits: Limits, *, address_space: bool = True) -> Callable[[], None]:
+    """setrlimit in the child before it runs anything."""
 
-    address_space_mb: int | None = None
-    cpu_seconds: int | None = None
-    nproc: int | None = None
-    file_size_mb: int | None = None
+    def apply() -> None:
+        if limits.memory_mb and address_space:
+            b = limits.memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (b, b))
+        if limits.cpu_seconds:
+            resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+        if limits.nproc:
+            resource.setrlimit(resource.RLIMIT_NPROC, (limits.nproc, limits.nproc))
+        if limits.file_size_mb:
+            b = limits.file_size_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_FSIZE, (b, b))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    def preexec(self) -> Callable[[], None]:
-        def apply() -> None:
-            if self.address_space_mb:
-                b = self.address_space_mb * 1024 * 1024
-                resource.setrlimit(resource.RLIMIT_AS, (b, b))
-            if self.cpu_seconds:
-                resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 5))
-            if self.nproc:
-                resource.setrlimit(resource.RLIMIT_NPROC, (self.nproc, self.nproc))
-            if self.file_size_mb:
-                b = self.file_size_mb * 1024 * 1024
-                resource.setrlimit(resource.RLIMIT_FSIZE, (b, b))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-        return apply
+    return apply
 
 
-@dataclass
-class Isolation:
-    """What the namespace wrapper does (see the module docstring)."""
-
-    hidden: Sequence[Path] = ()
-    readonly: Sequence[Path] = ()
-    writable: Sequence[Path] = ()
-
-
-def namespace_available(user_ns: bool) -> bool:
-    """Whether the unshare/setpriv wrapper works here (probes it once with `true`)."""
-    if not (shutil.which("unshare") and shutil.which("setpriv")):
+def namespace_available(user_ns: bool, root: Path) -> bool:
+    """Whether the namespace wrapper works here (probes it once with `true`)."""
+    if not all(shutil.which(t) for t in ("unshare", "setpriv", "pivot_root")):
         return False
     import subprocess
 
-    cmd = wrap_namespace(["true"], Isolation(), user_ns=user_ns)
+    root.mkdir(parents=True, exist_ok=True)
+    cmd = wrap_namespace(["true"], root=root, cwd=Path("/"), mounts=[], hidden=[], user_ns=user_ns)
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=10, check=False).returncode == 0
+        res = subprocess.run(cmd, capture_output=True, timeout=20, check=False)
     except (OSError, subprocess.SubprocessError):
         return False
+    if res.returncode != 0:
+        log.warning("namespace sandbox probe failed: %s", res.stderr.decode(errors="replace")[-500:])
+    return res.returncode == 0
 
 
-def wrap_namespace(cmd: Sequence[str], iso: Isolation, *, user_ns: bool) -> list[str]:
-    """``cmd`` wrapped in unshare (mount, net, pid namespaces) + mounts + setpriv (no capabilities)."""
+def wrap_namespace(cmd: Sequence[str], *, root: Path, cwd: Path, mounts: Sequence[Mount], hidden: Sequence[Path],
+                   user_ns: bool, tmp_mb: int = 1024, gpu: bool = False) -> list[str]:
+    """``cmd`` wrapped in unshare (mount, net, pid namespaces), a new root (see the module docstring) and
+    setpriv. ``root`` is an empty host directory the new root is mounted on (privately)."""
     q = shlex.quote
-    lines = ["set -e", "mount --rbind / /", "mount -o remount,bind,ro /"]
-    for p in iso.readonly:
-        if Path(p).exists():
-            lines.append(f"mount --bind {q(str(p))} {q(str(p))}")
-            lines.append(f"mount -o remount,bind,ro {q(str(p))}")
-    for p in iso.writable:
-        if Path(p).exists():
-            lines.append(f"mount --bind {q(str(p))} {q(str(p))}")
-            lines.append(f"mount -o remount,bind,rw {q(str(p))}")
-    for p in iso.hidden:
-        if Path(p).exists():
-            lines.append(f"mount -t tmpfs -o ro,size=4k,mode=000 swarm-hidden {q(str(p))}")
-    # the working directory was entered before these mounts: re-enter it through them, or paths relative
-    # to it would still reach the file system as it was (writable, validation files visible)
-    lines.append('cd "$(pwd)"')
-    lines.append('exec setpriv --bounding-set=-all --no-new-privs -- "$@"')
-    unshare = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
-    unshare += ["--propagation", "private"]
+    r = str(root)
+    lines = ["set -e", f"R={q(r)}", 'mount -t tmpfs -o size=16m,mode=755 swarm-root "$R"']
+
+    def bind(path: str, writable: bool) -> None:
+        if os.path.isdir(path):
+            lines.append(f'mkdir -p "$R"{q(path)}')
+        else:
+            lines.append(f'mkdir -p "$R"{q(os.path.dirname(path))} && touch "$R"{q(path)}')
+        lines.append(f'mount --rbind {q(path)} "$R"{q(path)}')
+        lines.append(f'mount -o remount,bind,{"rw" if writable else "ro"} "$R"{q(path)}')
+
+    for p in SYSTEM_PATHS:
+        if os.path.islink(p):
+            lines.append(f'ln -s {q(os.readlink(p))} "$R"{q(p)}')
+        elif os.path.exists(p):
+            bind(p, False)
+    lines += [
+        'mkdir -p "$R/dev" "$R/proc" "$R/tmp"',
+        'mount -t tmpfs -o size=256k,mode=755 swarm-dev "$R/dev"',
+        *(f'touch "$R/dev/{d}" && mount --bind /dev/{d} "$R/dev/{d}"' for d in DEV_NODES),
+        'mkdir "$R/dev/shm" && ln -s /proc/self/fd "$R/dev/fd"',
+        f'mount -t tmpfs -o size={tmp_mb}m,mode=1777 swarm-shm "$R/dev/shm"',
+        f'mount -t tmpfs -o size={tmp_mb}m,mode=1777 swarm-tmp "$R/tmp"',
+        'mount -t proc proc "$R/proc"',
+    ]
+    if gpu:
+        lines.append('for d in /dev/nvidia*; do [ -e "$d" ] && touch "$R$d" && mount --bind "$d" "$R$d"; done || true')
+    # the step's own mounts after the private /tmp, parents before children, so a job dir under the host's
+    # /tmp appears inside the private one
+    for m in sorted(mounts, key=lambda m: len(m.path.parts)):
+        if m.path.exists():
+            bind(str(m.path), m.writable)
+    for h in hidden:
+        lines.append(f'[ -d "$R"{q(str(h))} ] && mount -t tmpfs -o ro,size=4k,mode=000 swarm-hidden "$R"{q(str(h))} || true')
+    lines += ['cd "$R"', "mkdir .old", "pivot_root . .old", "umount -l /.old", "rmdir /.old", f"cd {q(str(cwd))}"]
+    drop = "" if user_ns else f"--reuid={NOBODY} --regid={NOBODY} --clear-groups "
+    lines.append(f'exec setpriv {drop}--bounding-set=-all --no-new-privs -- "$@"')
+    unshare = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation", "private"]
     if user_ns:
-        unshare.insert(1, "--map-root-user")
-        unshare.insert(1, "--user")
+        unshare[1:1] = ["--user", "--map-root-user"]
     return [*unshare, "--", "/bin/sh", "-c", "\n".join(lines), "swarm-sandbox", *cmd]
-
-
-@dataclass
-class StepResult:
-    exit_code: int | None  # None: killed at the time limit
-    seconds: float
-    timed_out: bool
-    output: str
-    pid: int
-    signal: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -183,6 +189,7 @@ async def run_step(
     on_line: LineCallback | None = None,
     limits: Limits | None = None,
     header: str = "",
+    address_space_limit: bool = True,
 ) -> StepResult:
     """Run ``cmd`` in its own session; stream merged stdout/stderr to ``log_path`` (appended) and
     ``on_line``; after ``timeout`` seconds kill its whole process group. The group is killed at the end
@@ -202,7 +209,7 @@ async def run_step(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=(limits or Limits()).preexec(),
+            preexec_fn=preexec(limits or Limits(), address_space=address_space_limit),
             limit=1 << 20,
         )
         pgid = proc.pid
@@ -249,15 +256,11 @@ async def run_step(
                 await asyncio.wait_for(pump_task, 5.0)
             except TimeoutError:
                 pump_task.cancel()
-        seconds = time.monotonic() - start
+        ended = time.monotonic()
         rc = proc.returncode
         if timed_out:
             logf.write(f"\n[runner] killed: hard time limit of {timeout:.0f} s reached\n")
-    return StepResult(
-        exit_code=None if timed_out else rc,
-        seconds=seconds,
-        timed_out=timed_out,
-        output="".join(chunks),
-        pid=pgid,
-        signal=-rc if (rc is not None and rc < 0) else None,
-    )
+    # a SIGKILL we did not send (the kernel's OOM killer) is the usual sign of memory exhaustion
+    oom = not timed_out and rc == -signal.SIGKILL
+    return StepResult(exit_code=None if timed_out else rc, started=start, ended=ended, timed_out=timed_out,
+                      oom_killed=oom, output="".join(chunks), pid=pgid)
