@@ -72,8 +72,9 @@ LOSS_EXPLODE = 20.0               # fail fast when the loss exceeds this (nats) 
 LOG_INTERVAL = 1.0                # seconds between progress lines
 
 
-# tests only (tests/test_gpu_paths.py): take the CUDA code paths (torch.compile, flex attention, bf16 autocast,
-# bf16 Newton-Schulz, MFU) on CPU too, so CI catches a mistake in them before the first GPU run does
+# tests only (tests/test_gpu_paths.py): take the CUDA code paths (torch.compile, bf16 autocast, bf16 Newton-Schulz,
+# MFU, flex attention where no gradient is needed: torch has no flex backward on CPU) on CPU too, so CI catches
+# a mistake in them before the first GPU run does
 _gpu_paths_on_cpu = False
 
 
@@ -102,7 +103,7 @@ _flex_cache = {}
 def sliding_window_attention(q, k, v, window):
     """Causal attention over the last `window` positions: flex attention on CUDA, a masked SDPA on CPU."""
     T = q.size(-2)
-    if q.device.type == "cuda" or _gpu_paths_on_cpu:
+    if q.device.type == "cuda" or (_gpu_paths_on_cpu and not q.requires_grad):  # CPU flex: forward only
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         key = (T, window, q.device)
         if key not in _flex_cache:
