@@ -25,7 +25,8 @@ RUN = "run-a"
 
 @contextlib.asynccontextmanager
 async def ledger(nc: NATS, db: Path) -> AsyncIterator[Any]:
-    stop, ready, projectors = asyncio.Event(), asyncio.Event(), []
+    stop, ready = asyncio.Event(), asyncio.Event()
+    projectors: list[Any] = []
     task = asyncio.create_task(run_ledger(nc, db, stop=stop, ready=ready, projector_out=projectors))
     await asyncio.wait_for(ready.wait(), 30)
     try:
@@ -60,7 +61,7 @@ async def swarm(nc: NATS, js: JetStreamContext, tmp_path: Path) -> AsyncIterator
 async def test_timeline_is_incremental(nc: NATS, js: JetStreamContext, swarm: tuple[Any, Any]) -> None:
     projector, fx = swarm
     client = LedgerClient(nc, RUN)
-    hyps = {e.hypothesis_id for e in fx.of(ev.HypothesisProposed)}  # type: ignore[attr-defined]
+    hyps = {e.hypothesis_id for e in fx.of(ev.HypothesisProposed)}
     first = await client.timeline()
     assert {r.hypothesis_id for r in first.items} == hyps and not first.more
     assert first.last_seq == max(r.seq for r in first.items) and first.run_seq >= first.last_seq

@@ -67,6 +67,7 @@
   function banner() {
     const b = $("banner");
     const msg = S.error || S.pageError;
+    if (S.connected) setConn(S.error ? "down" : "live", S.error ? "live · no ledger" : "live");
     b.hidden = !msg;
     b.textContent = msg || "";
   }
@@ -131,9 +132,10 @@
 
   function connect() {
     const es = new EventSource("/api/events");
-    es.onopen = () => setConn("live", "live");
+    es.onopen = () => { S.connected = true; setConn("live", "live"); banner(); };
     es.onmessage = (e) => apply(JSON.parse(e.data));
     es.onerror = () => {
+      S.connected = false;
       setConn(es.readyState === EventSource.CLOSED ? "down" : "wait",
         es.readyState === EventSource.CLOSED ? "disconnected: reload the page" : "reconnecting to the dashboard server…");
     };
@@ -268,7 +270,7 @@
       width, height: 340, legend: { show: false },
       scales: { x: { time: false }, y: { range: () => [charts.get("progress:" + meta.cls)?.meta.ylo ?? meta.ylo,
         charts.get("progress:" + meta.cls)?.meta.yhi ?? meta.yhi] } },
-      axes: [{ label: "experiment # (finish order on this class)" },
+      axes: [{ label: "experiment # (finish order on this class)", incrs: [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000] },
         { label: "val_bpb (lower is better)", size: 64, values: (u, vals) => vals.map((v) => v.toFixed(3)) }],
       series: [
         {},
@@ -317,9 +319,10 @@
         return mode === "gpu" && x > last ? null : c.pts[j][1]; // a GPU curve ends at the agent's last hour
       });
     });
-    // the wall-clock curves hold their best until now (not when clocks disagree: x must stay sorted)
-    if (mode === "wall" && xs.length && now() > xs[xs.length - 1]) {
-      xs.push(now());
+    // the wall-clock curves hold their best until the run's latest event (x must stay sorted)
+    const end = S.overview?.last_ts;
+    if (mode === "wall" && xs.length && end && end > xs[xs.length - 1]) {
+      xs.push(end);
       series.forEach((s) => s.push(s[s.length - 1]));
     }
     return { curves, data: [xs, ...series] };
@@ -329,7 +332,8 @@
     return (width) => ({
       width, height: 260, legend: { show: true, live: true },
       scales: { x: { time: mode === "wall" } },
-      axes: [{ label: mode === "wall" ? "wall-clock time" : "GPU-hours used by the agent" },
+      axes: [mode === "wall" ? { label: "wall-clock time" } : { label: "GPU-hours used by the agent",
+          values: (u, vals, ax, space, incr) => vals.map((v) => v.toFixed(Math.max(0, Math.min(6, -Math.floor(Math.log10(incr || 1)))))) },
         { label: "best val_bpb", size: 64, values: (u, vals) => vals.map((v) => v.toFixed(3)) }],
       series: [{ label: mode === "wall" ? "time" : "GPU-h", value: (u, v) => (v == null ? "—" : mode === "wall" ? clock(v) : v.toFixed(3)) },
         ...curves.map((c, i) => ({ label: c.agent, stroke: COLOURS[i % COLOURS.length], width: 2,
@@ -371,7 +375,7 @@
       const online = (o?.runners || []).filter((r) => r.online).length;
       const cards = [["proposed", c.proposed], ["finished", c.finished], ["ok", c.ok], ["failed", c.failed],
         ["kept", c.kept], ["queued", c.queued], ["runners online", online],
-        ["wall time", o?.first_ts ? dur(now() - o.first_ts) : "—"], ["GPU-hours", (gpu / 3600).toFixed(2)]];
+        ["wall time", o?.first_ts ? dur(o.last_ts - o.first_ts) : "—"], ["GPU-hours", (gpu / 3600).toFixed(2)]];
       const best = (o?.stats || []).map((s) => {
         const cand = rows.filter((r) => r.ran_on === s.hw_class && !failed(r) && r.status != null);
         const b = cand.reduce((m, r) => (m == null || r.val_bpb < m.val_bpb ? r : m), null);
@@ -437,7 +441,8 @@
       if (!rs.length) { fill("runners-body", el("p", { class: "empty" }, "No runner has joined yet.")); return; }
       const t = now();
       const rows = rs.map((r) => {
-        const p = S.progress[r.runner];
+        let p = S.progress[r.runner];
+        if (p && S.rows.get(p.hypothesis_id)?.status != null) p = null; // its result is in: not running any more
         const hid = (p && p.hypothesis_id) || r.current_hypothesis;
         const h = hid ? S.rows.get(hid) : null;
         const end = r.online ? t : (r.last_finish_ts || t);
@@ -448,7 +453,8 @@
         return [el("span", {}, r.runner, r.online ? "" : el("span", { class: "badge" }, "left" + (r.left_reason ? ": " + r.left_reason : ""))),
           r.hw_class + (r.gpu_name ? " · " + r.gpu_name : ""), what, prog, p ? String(p.step) : "—",
           p && p.loss != null ? p.loss.toFixed(3) : "—", p ? dur(p.elapsed) : "—", String(r.results), dur(r.training_seconds),
-          duty == null ? "—" : Math.round(100 * duty) + "%"];
+          // simulated runners report simulated training seconds in compressed wall time: no duty cycle then
+          duty == null || duty > 1.05 ? "—" : Math.round(100 * duty) + "%"];
       });
       fill("runners-body", table(["runner", "class", "running now", "progress", { label: "step", num: 1 }, { label: "loss", num: 1 },
         { label: "elapsed", num: 1 }, { label: "results", num: 1 }, { label: "training", num: 1 },
@@ -488,7 +494,10 @@
       }), { id: "recent-table" })));
     },
     agents() {
-      if (S.agents == null) { fill("agents-body", el("p", { class: "empty" }, "This ledger does not answer the agents request (older version).")); return; }
+      if (S.agents == null) {
+        fill("agents-body", el("p", { class: "empty" }, S.overview ? "This ledger does not answer the agents request (an older version)." : "waiting for the ledger…"));
+        return;
+      }
       if (!S.agents.length) { fill("agents-body", el("p", { class: "empty" }, "No agent has joined yet.")); return; }
       fill("agents-body", table(["agent", "provider · model", "state", { label: "proposed", num: 1 }, { label: "rejected", num: 1 },
         { label: "LLM calls", num: 1 }, { label: "LLM errors", num: 1 }, { label: "cost", num: 1 }, "latest problems"], S.agents.map((a) => [
@@ -527,6 +536,15 @@
 
   // ------------------------------------------------------------------------------------------------
   // the hypothesis page
+
+  // the last line of a log tail that names an error (a traceback's last line, FAIL:, out of memory)
+  function errorLine(finish) {
+    const lines = (finish?.log_tail || "").split("\n").map((l) => l.trim()).filter(Boolean);
+    for (let i = lines.length - 1; i >= 0; i--) {
+      if (/(Error|Exception|FAIL|out of memory|Killed)\b/.test(lines[i])) return short(lines[i], 300);
+    }
+    return "";
+  }
 
   function hypothesisView(hid) {
     let last = null, logKey = null, logText = "", logSource = "";
@@ -568,7 +586,8 @@
           it.decision ? el("span", { class: "badge " + (it.decision === "keep" ? "keep" : "") }, it.decision) : null),
         el("div", { class: "desc", id: "hyp-desc" }, it.description || "(no description)"),
         bad ? el("div", { class: "reason", id: "hyp-reason" }, el("b", {}, `${it.status}: `), it.reason || "the runner gave no reason",
-          "\nThe log below shows the output; the attempts table shows every claim and finish.") : null,
+          errorLine(result) ? el("div", {}, el("code", {}, errorLine(result))) : null,
+          el("div", { class: "muted" }, "The log below shows the output; the attempts table shows every claim and finish.")) : null,
         el("dl", { class: "kv" },
           el("dt", {}, "agent"), el("dd", {}, it.agent + (it.model ? ` (${it.model})` : "")),
           el("dt", {}, "parent"), el("dd", {}, it.parent && it.parent !== "baseline" ? hlink(it.parent) : "baseline"),
