@@ -19,6 +19,8 @@ from nats.js import api as jsapi
 from agents.edits import SeenSet
 from bus import subjects
 from bus.events import (
+    BASELINE_TAG,
+    REPEAT_TAG,
     AgentJoined,
     AgentLeft,
     BestRow,
@@ -38,8 +40,6 @@ from bus.events import (
 )
 
 log = logging.getLogger("swarm.agents.tail")
-
-BASELINE_TAG = "baseline"
 
 
 class RunTail:
@@ -63,12 +63,12 @@ class RunTail:
 
     async def start(self) -> None:
         """Subscribe from the first event of the run; ``caught_up`` is set once the backlog is read."""
-        info = await self.js.stream_info(subjects.STREAM, subjects_filter=f"swarm.{self.run}.>")
+        info = await self.js.stream_info(subjects.STREAM, subjects_filter=subjects.run_all(self.run))
         self._expected = sum((info.state.subjects or {}).values())
         if self._expected == 0:
             self.caught_up.set()
         self._sub = await self.js.subscribe(
-            f"swarm.{self.run}.>",
+            subjects.run_all(self.run),
             cb=self._on_msg,
             ordered_consumer=True,
             deliver_policy=jsapi.DeliverPolicy.ALL,
@@ -94,7 +94,7 @@ class RunTail:
         match ev:
             case HypothesisProposed():
                 self.proposals.setdefault(ev.hypothesis_id, ev)
-                if BASELINE_TAG not in ev.tags and "repeat" not in ev.tags:
+                if BASELINE_TAG not in ev.tags and REPEAT_TAG not in ev.tags:
                     self.seen.add(ev.train_py_sha256, ev.ast_sha256)
             case ExperimentFinished():
                 if ev.hypothesis_id not in self.finished:

@@ -21,7 +21,16 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus.subjects import STREAM
+from bus import events as ev
+from bus.subjects import (
+    API_ALL_RUNS,
+    EVENTS_ALL_RUNS,
+    LIVE_ALL_RUNS,
+    PROGRESS_ALL_RUNS,
+    STREAM,
+    WORK_ALL_RUNS,
+    publish_pattern,
+)
 
 ROLES = ("agent", "runner", "ledger", "admin")
 
@@ -44,30 +53,31 @@ class Permissions:
     allow_responses: bool = False
 
 
+def _publishes(*event_types: type[ev.Event]) -> list[str]:
+    """The subject patterns these events go out on (bus.subjects is the one place that knows them)."""
+    return list(dict.fromkeys(publish_pattern(t) for t in event_types))
+
+
 def permissions(role: str) -> Permissions:
     """Subject permissions of a role (subjects from bus.subjects)."""
     if role == "agent":
         return Permissions(
             publish=[
-                "swarm.*.work.*",
-                "swarm.*.evt.decided",
-                "swarm.*.evt.note",
-                "swarm.*.evt.agent",
-                "swarm.*.evt.usage",
-                "swarm.*.evt.rejected",
-                "swarm.*.api.*",
+                *_publishes(
+                    ev.HypothesisProposed, ev.HypothesisDecided, ev.NoteWritten, ev.AgentJoined, ev.AgentLeft,
+                    ev.LlmUsage, ev.ProposalRejected,
+                ),
+                API_ALL_RUNS,
                 *_JS_READ,
             ],
-            subscribe=["_INBOX.>", "swarm.*.evt.>", "swarm.*.work.*", "swarm.*.live.>"],
+            subscribe=["_INBOX.>", EVENTS_ALL_RUNS, WORK_ALL_RUNS, LIVE_ALL_RUNS],
         )
     if role == "runner":
         return Permissions(
             publish=[
-                "swarm.*.evt.claimed",
-                "swarm.*.evt.finished",
-                "swarm.*.evt.runner",
-                "swarm.*.live.progress",
-                "swarm.*.api.*",
+                *_publishes(ev.ExperimentClaimed, ev.ExperimentFinished, ev.RunnerJoined, ev.RunnerLeft),
+                PROGRESS_ALL_RUNS,
+                API_ALL_RUNS,
                 *_JS_READ,
                 *_JS_WORK,
             ],

@@ -49,6 +49,11 @@ def event_subject(event: Event) -> str:
     return f"swarm.{check_token('run', event.run)}.evt.{kind}"
 
 
+def run_all(run: str) -> str:
+    """Every subject of one run (in the stream: its work items and its events, in order)."""
+    return f"swarm.{check_token('run', run)}.>"
+
+
 def run_events(run: str) -> list[str]:
     """Filter subjects matching every event of one run."""
     run = check_token("run", run)
@@ -60,6 +65,18 @@ def api(run: str, op: str) -> str:
 
 
 API_ALL_RUNS = "swarm.*.api.*"
+# patterns across every run, for permissions (bus/security.py) and services that serve all runs
+WORK_ALL_RUNS = "swarm.*.work.*"
+EVENTS_ALL_RUNS = "swarm.*.evt.>"
+LIVE_ALL_RUNS = "swarm.*.live.>"
+PROGRESS_ALL_RUNS = "swarm.*.live.progress"
+
+
+def publish_pattern(event_type: type[Event]) -> str:
+    """The subject pattern, across every run, that events of ``event_type`` are published on."""
+    if issubclass(event_type, HypothesisProposed):
+        return WORK_ALL_RUNS
+    return f"swarm.*.evt.{_KINDS[event_type.__name__]}"
 
 
 def progress(run: str) -> str:

@@ -1,5 +1,7 @@
-"""The ledger's read API over NATS request/reply (``swarm.<run>.api.<op>``, queue group ``ledger``),
-and a small typed client for it.
+"""The ledger's read API over NATS request/reply (``swarm.<run>.api.<op>``, queue group ``ledger``).
+
+Its client is :class:`bus.readapi.LedgerClient` (re-exported here for old imports): every package reads the
+ledger through that one client, on the ground floor.
 
 The service runs in the projector's process, on cursors of its DuckDB connection, each query in a
 worker thread: it answers from the last committed snapshot while the projector ingests. A bad request
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import duckdb
 import msgspec
@@ -20,11 +21,14 @@ from nats.aio.subscription import Subscription
 
 from bus import events as ev
 from bus import subjects
+from bus.readapi import LedgerClient
 from ledger import queries as q
 from ledger import watch
 from ledger.errors import QueryError
 
 log = logging.getLogger("swarm.ledger.api")
+
+__all__ = ["LedgerApi", "LedgerClient", "answer"]
 
 QUEUE_GROUP = "ledger"
 
@@ -122,61 +126,3 @@ class LedgerApi:
             self._sub = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# client (self-contained on bus/: other packages copy this pattern)
-
-
-class LedgerClient:
-    """Typed async calls to the ledger's read API of one run. Raises ``RuntimeError`` on an ErrorReply."""
-
-    def __init__(self, nc: NATS, run: str, *, timeout: float = 10.0) -> None:
-        self.nc, self.run, self.timeout = nc, run, timeout
-
-    async def _call(self, req: ev.Request, want: type[Any]) -> Any:
-        op = type(req).__struct_config__.tag
-        msg = await self.nc.request(subjects.api(self.run, str(op)), ev.encode_msg(req), timeout=self.timeout)
-        reply = ev.reply_decoder.decode(msg.data)
-        if isinstance(reply, ev.ErrorReply):
-            raise RuntimeError(f"ledger {op}: {reply.error}")
-        if not isinstance(reply, want):
-            raise RuntimeError(f"ledger {op}: unexpected reply {type(reply).__name__}")
-        return reply
-
-    async def best(self, hw_class: str | None = None) -> list[ev.BestRow]:
-        return (await self._call(ev.BestRequest(run=self.run, hw_class=hw_class), ev.BestReply)).items
-
-    async def recent(
-        self, limit: int = 20, agent: str | None = None, since_ts: float | None = None
-    ) -> list[ev.ExperimentRow]:
-        req = ev.RecentRequest(run=self.run, limit=limit, agent=agent, since_ts=since_ts)
-        return (await self._call(req, ev.ExperimentsReply)).items
-
-    async def notes(self, since_ts: float = 0.0, limit: int = 50) -> list[ev.NoteRow]:
-        return (
-            await self._call(ev.NotesRequest(run=self.run, since_ts=since_ts, limit=limit), ev.NotesReply)
-        ).items
-
-    async def experiment(self, hypothesis_id: str) -> ev.ExperimentReply:
-        return await self._call(
-            ev.ExperimentRequest(run=self.run, hypothesis_id=hypothesis_id), ev.ExperimentReply
-        )
-
-    async def context(
-        self, agent: str, recent_limit: int = 30, notes_since_ts: float = 0.0
-    ) -> ev.ContextReply:
-        req = ev.ContextRequest(
-            run=self.run, agent=agent, recent_limit=recent_limit, notes_since_ts=notes_since_ts
-        )
-        return await self._call(req, ev.ContextReply)
-
-    async def seen(self, sha256s: list[str]) -> list[str]:
-        return (await self._call(ev.SeenRequest(run=self.run, sha256s=sha256s), ev.SeenReply)).seen
-
-    async def agents(self, problems: int = 5) -> list[ev.AgentRow]:
-        return (await self._call(ev.AgentsRequest(run=self.run, problems=problems), ev.AgentsReply)).items
-
-    async def sql(self, query: str, limit: int = 1000, timeout_seconds: float = 5.0) -> ev.SqlReply:
-        req = ev.SqlRequest(run=self.run, sql=query, limit=limit, timeout_seconds=timeout_seconds)
-        return await self._call(req, ev.SqlReply)

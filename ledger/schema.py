@@ -27,6 +27,8 @@ import os
 
 import duckdb
 
+from bus.events import BASELINE_TAG
+
 SCHEMA_VERSION = 1
 
 _ENVELOPE = "seq BIGINT NOT NULL, event_id VARCHAR NOT NULL, run VARCHAR NOT NULL, source VARCHAR NOT NULL, ts DOUBLE NOT NULL"
@@ -220,13 +222,13 @@ VIEWS: dict[str, str] = {
         SELECT * EXCLUDE (action) FROM runners
         QUALIFY row_number() OVER (PARTITION BY run, runner ORDER BY seq DESC) = 1 AND action = 'joined'
     """,
-    # Per run and class: repeated unmodified baselines (hypotheses tagged 'baseline', ok results).
-    "class_stats": """
+    # Per run and class: repeated unmodified baselines (hypotheses tagged BASELINE_TAG, ok results).
+    "class_stats": f"""
         WITH b AS (
             SELECT run, ran_on AS hw_class, count(*) AS baseline_runs, avg(val_bpb) AS baseline_mean,
                 stddev_samp(val_bpb) AS sigma
             FROM experiments
-            WHERE status = 'ok' AND val_bpb IS NOT NULL AND list_contains(tags, 'baseline')
+            WHERE status = 'ok' AND val_bpb IS NOT NULL AND list_contains(tags, '{BASELINE_TAG}')
             GROUP BY run, ran_on
         ), ro AS (
             SELECT run, hw_class, count(*) AS runners_online FROM runners_online GROUP BY run, hw_class

@@ -177,7 +177,7 @@ def hypothesis(cur: duckdb.DuckDBPyConnection, run: str, hypothesis_id: str) -> 
         ).fetchone()
     else:
         parent = cur.execute(
-            """SELECT train_py FROM hypotheses WHERE run = $1 AND list_contains(tags, 'baseline')
+            f"""SELECT train_py FROM hypotheses WHERE run = $1 AND list_contains(tags, '{ev.BASELINE_TAG}')
                ORDER BY seq LIMIT 1""",
             [run],
         ).fetchone()

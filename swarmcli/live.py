@@ -16,7 +16,7 @@ from rich.text import Text
 
 from bus import events as ev
 from bus import subjects
-from ledger.api import LedgerClient
+from bus.readapi import LedgerClient
 
 
 @dataclass

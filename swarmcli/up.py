@@ -346,7 +346,7 @@ async def _wait_for_runners(
     nc: Any, cfg: UpConfig, tasks: dict[str, asyncio.Task[Any]], timeout: float = 900
 ) -> None:
     """Until ``cfg.runners`` runners are online (they prepare data and calibrate first), or one fails."""
-    from ledger.api import LedgerClient
+    from bus.readapi import LedgerClient
 
     client = LedgerClient(nc, cfg.run, timeout=5)
     deadline = time.monotonic() + timeout

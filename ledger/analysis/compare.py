@@ -26,7 +26,9 @@ import duckdb
 from rich.table import Table
 from rich.text import Text
 
-BASELINE_AGENT = "baseline"
+from bus.events import BASELINE, BASELINE_TAG, REPEAT_TAG
+
+BASELINE_AGENT = BASELINE  # the agent name baselines are proposed under
 
 # two-sided 95 % Student t critical values, df = 1..30
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -135,7 +137,7 @@ def compare(
         SELECT run, hypothesis_id, agent, {key} AS grp, parent, tier, coalesce(tags, []) AS tags, ran_on,
             status, val_bpb, decision, finished_seq
         FROM experiments
-        WHERE list_contains($1, run) AND agent <> '{BASELINE_AGENT}' AND NOT list_contains(coalesce(tags, []), 'baseline')
+        WHERE list_contains($1, run) AND agent <> '{BASELINE_AGENT}' AND NOT list_contains(coalesce(tags, []), '{BASELINE_TAG}')
         ORDER BY run, proposed_seq""", [run_list])  # fmt: skip
     gpu = _rows(con, f"""
         WITH h AS (SELECT * FROM hypotheses
@@ -144,7 +146,7 @@ def compare(
             h.run, coalesce(nullif(r.hw_class, ''), h.hw_class) AS hw_class, sum(r.total_seconds) AS secs
         FROM results r JOIN h ON h.run = r.run AND h.hypothesis_id = r.hypothesis_id
         WHERE list_contains($1, r.run) AND r.disposition <> 'unclaimed' AND h.agent <> '{BASELINE_AGENT}'
-            AND NOT list_contains(coalesce(h.tags, []), 'baseline')
+            AND NOT list_contains(coalesce(h.tags, []), '{BASELINE_TAG}')
         GROUP BY ALL""", [run_list])  # fmt: skip
     cost = _rows(con, f"""
         SELECT {key} AS grp, sum(cost_usd) AS usd FROM llm_usage
@@ -208,7 +210,7 @@ def _class_result(name: str, cls: str, rows: list[dict[str, Any]], gpu_by: dict[
     secs = sum(v for k, v in gpu_by.items() if k[0] == name and k[2] == cls)
     per_run: dict[str, dict[str, Any]] = {}
     for e in oks:
-        if "repeat" in e["tags"]:
+        if REPEAT_TAG in e["tags"]:
             continue
         cur = per_run.get(e["run"])
         if cur is None or e["val_bpb"] < cur["val_bpb"]:
@@ -223,7 +225,7 @@ def _class_result(name: str, cls: str, rows: list[dict[str, Any]], gpu_by: dict[
     if len(per_run) >= 2:
         samples, source = [float(per_run[r]["val_bpb"]) for r in run_list if r in per_run], "runs"
     else:
-        reps = [float(e["val_bpb"]) for e in oks if "repeat" in e["tags"] and e["run"] == best_e["run"]
+        reps = [float(e["val_bpb"]) for e in oks if REPEAT_TAG in e["tags"] and e["run"] == best_e["run"]
                 and e["parent"] == best_e["hypothesis_id"]]  # fmt: skip
         samples, source = [float(best_e["val_bpb"]), *reps], "repeats"
     ci = t_interval(samples)

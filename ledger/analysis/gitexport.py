@@ -24,6 +24,8 @@ from typing import Any
 
 import duckdb
 
+from bus.events import BASELINE_TAG
+
 COMMITTER = ("swarm export", "export@swarm.invalid")
 
 
@@ -124,7 +126,7 @@ def _export_run(con: duckdb.DuckDBPyConnection, repo: Path, run: str) -> dict[st
                   key=lambda h: h["decided_seq"])  # fmt: skip
     heads: dict[str, str] = {}
     root: str | None = None
-    base = next((h for h in hyps if "baseline" in h["tags"] and h["train_py"] is not None), None)
+    base = next((h for h in hyps if BASELINE_TAG in h["tags"] and h["train_py"] is not None), None)
     if base is None and kept:
         p = by_id.get(kept[0]["parent"] or "")
         base = p if p is not None and p["train_py"] is not None else None

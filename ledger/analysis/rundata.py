@@ -9,7 +9,9 @@ from typing import Any
 
 import duckdb
 
-BASELINE_AGENT = "baseline"
+from bus.events import BASELINE
+
+BASELINE_AGENT = BASELINE  # the agent name baselines are proposed under
 SUMMARY_SCHEMA = "swarm.report/1"
 
 
