@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,8 +11,6 @@ from agents.edits import Edit
 from agents.knobs import parse_knobs
 from agents.proposers.base import AgentContext, NoteDraft, ProposalBatch, ProposalDraft, Rejection
 from agents.proposers.retry import RetryPolicy
-
-log = logging.getLogger("swarm.agents.llm")
 
 PROPOSE_TOOL = "propose_experiments"
 NOTE_TOOL = "write_note"
