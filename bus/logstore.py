@@ -223,3 +223,26 @@ async def fetch_log(
 def _read_local(ref: str) -> bytes | None:
     path = Path(ref)
     return read_log_file(path) if path.is_absolute() and path.is_file() else None
+
+
+def log_permissions(*, write: bool) -> list[str]:
+    """Subjects a bus user must be allowed to publish on to read logs (``write``: also to store them and
+    create the bucket). Used by :mod:`bus.security` for its roles; replies come on ``_INBOX.>``."""
+    read = [
+        f"$JS.API.STREAM.INFO.{LOG_STREAM}",
+        f"$JS.API.STREAM.MSG.GET.{LOG_STREAM}",
+        f"$JS.API.DIRECT.GET.{LOG_STREAM}.>",
+        f"$JS.API.CONSUMER.CREATE.{LOG_STREAM}",  # the object store reads chunks with an ordered consumer
+        f"$JS.API.CONSUMER.CREATE.{LOG_STREAM}.>",
+        f"$JS.API.CONSUMER.DELETE.{LOG_STREAM}.>",
+        f"$JS.FC.{LOG_STREAM}.>",  # its flow-control replies
+        "$JS.API.STREAM.NAMES",  # nats-py looks the stream up by subject before subscribing
+    ]
+    if not write:
+        return read
+    return [
+        *read,
+        f"$O.{LOG_BUCKET}.>",
+        f"$JS.API.STREAM.CREATE.{LOG_STREAM}",
+        f"$JS.API.STREAM.PURGE.{LOG_STREAM}",
+    ]

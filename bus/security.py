@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bus import events as ev
+from bus.logstore import log_permissions
 from bus.subjects import (
     API_ALL_RUNS,
     EVENTS_ALL_RUNS,
@@ -69,6 +70,7 @@ def permissions(role: str) -> Permissions:
                 ),
                 API_ALL_RUNS,
                 *_JS_READ,
+                *log_permissions(write=False),
             ],
             subscribe=["_INBOX.>", EVENTS_ALL_RUNS, WORK_ALL_RUNS, LIVE_ALL_RUNS],
         )
@@ -80,6 +82,7 @@ def permissions(role: str) -> Permissions:
                 API_ALL_RUNS,
                 *_JS_READ,
                 *_JS_WORK,
+                *log_permissions(write=True),
             ],
             subscribe=["_INBOX.>", f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.>"],
         )

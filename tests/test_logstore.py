@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -125,3 +127,35 @@ async def test_an_existing_bucket_is_used_as_it_is(js: JetStreamContext) -> None
     info = await js.stream_info(LOG_STREAM)
     assert info.config.max_age == 3600.0
     assert info.config.discard == DiscardPolicy.OLD
+
+
+async def test_roles_store_and_read_logs_on_a_secured_server(tmp_path: Path) -> None:
+    """`swarm creds` users: a runner stores logs (and creates the bucket), an agent reads them but cannot
+    store one; the real server enforces it."""
+    from bus import BusConfig, security, setup
+
+    passwords = security.generate(tmp_path / "creds")
+    server = EmbeddedServer(tmp_path / "js", config=(tmp_path / "creds" / "auth.conf").read_text()).start()
+    clients: list[NATS] = []
+
+    async def as_role(role: str) -> JetStreamContext:
+        nc = await connect(BusConfig(servers=(server.url,), user=role, password=passwords[role]), name=role,
+                           max_reconnect_attempts=0)  # fmt: skip
+        clients.append(nc)
+        return nc.jetstream()
+
+    try:
+        await setup(await as_role("admin"))
+        runner, agent = await as_role("runner"), await as_role("agent")
+        key = await put_log(runner, "r1", "h-1", 1, b"x" * 200_000 + b"\nval_bpb: 1.0\n")  # two chunks
+        got = await get_log(agent, "r1", key)
+        assert got.endswith(b"val_bpb: 1.0\n") and len(got) == 200_014
+        # the server drops the agent's chunk publishes: no acknowledgement ever comes
+        with pytest.raises((TimeoutError, nats.errors.Error)):
+            await asyncio.wait_for(put_log(agent, "r1", "h-2", 1, b"forged"), 10)
+        with pytest.raises(LogNotFound):
+            await get_log(agent, "r1", "r1/h-2/1.log")
+    finally:
+        for nc in clients:
+            await nc.close()
+        server.stop()
