@@ -74,7 +74,7 @@ async def one_run(
             cfg = RunnerConfig(
                 nats_urls=(server.url,), run=RUN, runner_id=f"r{i}", hw_class="cpu", executor="simulated",
                 state_dir=tmp / f"state-{i}", cache_dir=tmp / "cache", baseline_train_py=base, calibrate=False,
-                budget_seconds=BUDGET, startup_seconds=1.0, eval_seconds=1.0, time_scale=time_scale,
+                max_budget=BUDGET, startup_seconds=1.0, eval_seconds=1.0, time_scale=time_scale,
                 fetch_timeout=0.2, ack_wait=60.0, seed=None,
             )  # fmt: skip
             tasks.append(asyncio.create_task(Runner(nc, cfg).run(stop_infra)))

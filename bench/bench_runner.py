@@ -67,7 +67,7 @@ async def bench_latency(n: int, prefetch: bool = True) -> None:
             state_dir=Path(tmp) / "state",
             calibrate=False,
             time_scale=0.0005,
-            budget_seconds=1.0,
+            max_budget=1.0,
             fetch_timeout=5.0,
             prefetch=prefetch,
         )

@@ -48,7 +48,7 @@ from runner.errors import CalibrationFailed, ContractViolation, RunnerError
 from runner.executors.base import Executor, Job, NodeData
 from runner.executors.steps import LineCallback
 from runner.intake import Intake, Item
-from runner.jobs import Deadlines, make_job
+from runner.jobs import Deadlines, make_job, remove_job
 from runner.outcome import Outcome
 
 log = logging.getLogger("swarm.runner")
@@ -165,7 +165,7 @@ class Runner:
             kept = cfg.state_dir / "logs" / "calibration.log"
             with contextlib.suppress(OSError):
                 shutil.copyfile(job.log_path, kept)
-            shutil.rmtree(job.job_dir, ignore_errors=True)
+            remove_job(job)
         if out.status != "ok":
             raise CalibrationFailed(
                 f"runner {self.id}: the calibration run of the unmodified train.py ended {out.status}: {out.reason}. "
@@ -360,7 +360,7 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
             if item.job is not None:
-                shutil.rmtree(item.job.job_dir, ignore_errors=True)
+                remove_job(item.job)
 
     async def _prefetch(self, halt: asyncio.Event, stop: asyncio.Event) -> None:
         """Fetch and prepare the next item while the current one runs (at most one ahead). ``halt`` is set
@@ -424,7 +424,7 @@ class Runner:
             for it in self.intake.buffer:
                 await self.intake.release(it, "nak")
                 if it.job is not None:
-                    shutil.rmtree(it.job.job_dir, ignore_errors=True)
+                    remove_job(it.job)
             self.intake.buffer.clear()
             await self.intake.unsubscribe()
         await self.dead.close()

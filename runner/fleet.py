@@ -99,7 +99,7 @@ class FleetConfig:
         return RunnerConfig(
             nats_urls=self.nats_urls, run=self.run, runner_id=runner_id, hw_class=cls, executor="simulated",
             profile="cpu" if cls == "cpu" else "gpu", state_dir=self.state_dir / runner_id,
-            budget_seconds=self.budget_seconds, time_scale=self.time_scale, ack_wait=self.ack_wait,
+            max_budget=self.budget_seconds, time_scale=self.time_scale, ack_wait=self.ack_wait,
             max_deliver=self.max_deliver, fetch_timeout=self.fetch_timeout, prefetch=self.prefetch,
             calibrate=False, progress_interval=self.progress_interval,
             stop_grace_seconds=self.stop_grace_seconds, baseline_train_py=self.baseline_train_py,
@@ -188,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> FleetConfig:
         p.error("--time-scale must be > 0 and --per-connection ≥ 1")
     return FleetConfig(
         nats_urls=tuple(u.strip() for u in a.nats.split(",") if u.strip()), run=a.run, classes=classes,
-        state_dir=Path(a.state_dir), time_scale=a.time_scale, budget_seconds=a.budget, ack_wait=a.ack_wait,
+        state_dir=Path(a.state_dir), time_scale=a.time_scale, max_budget=a.budget, ack_wait=a.ack_wait,
         max_deliver=a.max_deliver, fetch_timeout=a.fetch_timeout, per_connection=a.per_connection,
         prefetch=a.prefetch, progress_interval=a.progress_interval, stop_grace_seconds=a.stop_grace,
         id_prefix=a.id_prefix, baseline_train_py=Path(a.baseline_train_py),

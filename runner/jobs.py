@@ -4,8 +4,9 @@ the step environment: what each step sees, its variables, its limits).
     job_dir/            the runner's (0700): nothing here is mounted whole
       work/             training's cwd and only writable place: train.py, prepare.py (pristine), out/, tmp/
       eval/             the model process's cwd, read-only to it: the verified train.py, pristine prepare.py
-      sock/             feed.sock (training data) and eval.sock (the trusted evaluation), read-only mount
       train.log         the full log of both steps
+    /tmp/swarm-XXXX/    feed.sock (training data) and eval.sock (the trusted evaluation), read-only mount:
+                        a socket's path must stay under 108 bytes, whatever the state dir
 
 The training step sees: the interpreter, the venv, the harness package, the data view (tokenizer and meta,
 no token files: the data comes from the feed), its work dir (writable), the sockets. The model step sees the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +56,9 @@ def make_job(config: RunnerConfig, node: NodeData, hid: str, attempt: int, sourc
               budget_unit=budget.unit, train_timeout=deadlines.total, eval_timeout=eval_timeout, seed=seed)
     job_dir.mkdir(parents=True)
     job_dir.chmod(0o700)
+    job.state["sock_dir"] = tempfile.mkdtemp(prefix="swarm-", dir="/tmp" if os.path.isdir("/tmp") else None)
     pristine = node.pristine_dir / "prepare.py"
-    for d in (job.work_dir, job.eval_dir, job.sock_dir):
+    for d in (job.work_dir, job.eval_dir):
         d.mkdir()
     for d in (job.work_dir, job.eval_dir):
         (d / "train.py").write_text(source)
@@ -69,6 +72,13 @@ def make_job(config: RunnerConfig, node: NodeData, hid: str, attempt: int, sourc
         d.chmod(0o755)
     job.log_path.touch()
     return job
+
+
+def remove_job(job: Job) -> None:
+    """Delete the job's directory and its socket directory (the log was copied out before)."""
+    shutil.rmtree(job.job_dir, ignore_errors=True)
+    if "sock_dir" in job.state:
+        shutil.rmtree(job.state["sock_dir"], ignore_errors=True)
 
 
 def _interpreter_mounts(python: str) -> list[Mount]:

@@ -199,10 +199,10 @@ class RealLab:
                 with contextlib.suppress(asyncio.CancelledError):
                     await model
                 res = None
-        if result.status != "ok" and res is not None and res.exit_code not in (0, None):
+        if result.status == "error" and res is not None and res.exit_code not in (0, None):
             tail = res.output.strip()[-1500:]
             result.reason += f" (model process exit {res.exit_code}{': ' + tail if tail else ''})"
-        elif result.status != "ok" and res is not None and res.timed_out:
+        elif result.status == "error" and res is not None and res.timed_out:
             result.reason += f" (model process killed at its {step.timeout:.0f} s limit)"
         result.eval_seconds = round(time.monotonic() - t0, 3)
         return result

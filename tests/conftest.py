@@ -46,3 +46,12 @@ async def js(nc: NATS) -> JetStreamContext:
     ctx = nc.jetstream()
     await setup(ctx)
     return ctx
+
+
+@pytest.fixture(scope="session")
+def prepared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cpu profile's offline data, prepared once per test session the way a runner prepares it (a few
+    seconds), so every test of the real harness runs — in CI too — instead of skipping for want of data."""
+    from tests.support.harness import prepare_cache
+
+    return prepare_cache(tmp_path_factory.mktemp("swarm-cache"))

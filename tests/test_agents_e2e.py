@@ -46,7 +46,7 @@ async def swarm(tmp: Path, nc: NATS, url: str, runners: int) -> AsyncIterator[An
         cfg = runner_pkg.RunnerConfig(
             nats_urls=(url,), run=RUN, runner_id=f"r{i}", hw_class="cpu", executor="simulated",
             state_dir=tmp / f"state-{i}", cache_dir=tmp / "cache", baseline_train_py=base, calibrate=False,
-            budget_seconds=60.0, startup_seconds=1.0, eval_seconds=1.0, time_scale=0.004, fetch_timeout=0.3,
+            max_budget=60.0, startup_seconds=1.0, eval_seconds=1.0, time_scale=0.004, fetch_timeout=0.3,
             ack_wait=30.0,
         )  # fmt: skip
         tasks.append(asyncio.create_task(runner_pkg.Runner(nc, cfg).run(stop)))

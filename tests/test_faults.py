@@ -311,7 +311,7 @@ async def test_killed_agent_in_flight_hypotheses_complete_and_stay_attributed(
         assert agent.returncode == -signal.SIGKILL, tail(tmp_path / "agent.log")
         before = [e for e in await stream_events(js) if isinstance(e, HypothesisProposed) and e.run == run]
         cfg = config(tmp_path, nats_server.url, run=run, runner_id="after", executor="simulated",
-                     budget_seconds=10.0, time_scale=0.01)  # fmt: skip
+                     max_budget=10.0, time_scale=0.01)  # fmt: skip
         await asyncio.wait_for(Runner(nc, cfg).run(asyncio.Event()), 120)
         rows = await _experiments(nc, run, [h.hypothesis_id for h in before])
     finally:

@@ -1,127 +1,138 @@
-"""The runner daemon against a real nats-server: results, classification, isolation, leases, fencing."""
+"""The runner daemon against a real nats-server.
+
+Mechanics (leases, fencing, dead letters, pipelining) run on the simulated executor; everything about what
+an experiment is — the trusted result, isolation, budgets, classification — runs the repo's real train.py
+and prepare.py through the process executor, as a user's runner does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
 
 from bus import EmbeddedServer, subjects
-from bus.events import ExperimentClaimed, ExperimentFinished, HypothesisProposed, Progress, progress_decoder
+from bus.events import ExperimentClaimed, HypothesisProposed, Progress, RunnerJoined, progress_decoder
+from bus.logstore import get_log
+from runner.config import RunnerConfig
 from runner.daemon import Item, Outcome, Runner, UnclaimedResult
-from runner.executors.sandbox import namespace_available
+from runner.errors import CalibrationFailed
 from runner.lease import Lease
-from runner.testing import expected_val_bpb, fake_train_py
-from tests.test_runner_helpers import RUN, all_events, config, propose, wait_for
+from tests.support.bus import RUN, all_events, finished, propose, wait_for
+from tests.support.harness import BASELINE, TINY_BUDGET, edit, in_main, real_config
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def real_cache_or_skip() -> Path:
-    cache = Path(os.environ.get("SWARM_CACHE_DIR") or Path.home() / ".cache" / "swarm")
-    if not (REPO / "train.py").exists() or not (REPO / "prepare.py").exists():
-        pytest.skip("the harness (prepare.py/train.py) is not in the repo")
-    if not (cache / "data").is_dir():
-        pytest.skip(f"no prepared data in {cache} (run `python prepare.py` once; it takes minutes)")
-    return cache
+SIM_SOURCE = "X = 1\ndef build_model(c): ...\n"
 
 
-def read(path: str) -> str:
-    return Path(path).read_text()
+def sim_config(tmp: Path, url: str, **kw: Any) -> RunnerConfig:
+    base: dict[str, Any] = dict(nats_urls=(url,), run=RUN, runner_id="r1", hw_class="cpu", executor="simulated",
+                                state_dir=tmp / "state", calibrate=False, ack_wait=10.0, fetch_timeout=0.3, burst=True,
+                                max_budget=1.0, time_scale=0.5, progress_interval=0.1)
+    base.update(kw)
+    return RunnerConfig(**base)
 
 
-def finished(evs: list, hid: str | None = None) -> list[ExperimentFinished]:
-    return [e for e in evs if isinstance(e, ExperimentFinished) and (hid is None or e.hypothesis_id == hid)]
-
-
-async def run_burst(nc: object, cfg: object) -> Runner:
-    runner = Runner(nc, cfg)  # type: ignore[arg-type]
-    await asyncio.wait_for(runner.run(asyncio.Event()), 60)
+async def run_burst(nc: Any, cfg: RunnerConfig, timeout: float = 600) -> Runner:
+    runner = Runner(nc, cfg)
+    await asyncio.wait_for(runner.run(asyncio.Event()), timeout)
     return runner
 
 
-async def test_trusted_val_bpb_replaces_the_printed_one(
-    tmp_path: Path, nats_server: EmbeddedServer, nc: object, js: JetStreamContext
+async def log_of(js: JetStreamContext, ref: str) -> str:
+    return (await get_log(js, RUN, ref)).decode()
+
+
+# -- the real harness ---------------------------------------------------------------------------------
+
+
+async def test_unmodified_train_py_gets_the_trusted_result_and_a_printed_claim_is_ignored(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext, prepared_cache: Path
 ) -> None:
-    src = fake_train_py(w=1.25, behaviour="import atexit\natexit.register(lambda: print('val_bpb: 0.01'))")
-    h = await propose(js, src)
-    runner = await run_burst(nc, config(tmp_path, nats_server.url))
-    [ev] = finished(await all_events(js), h.hypothesis_id)
-    assert ev.status == "ok", (ev.reason, ev.log_tail)
-    assert ev.val_bpb == pytest.approx(expected_val_bpb(1.25))
-    assert ev.reported_val_bpb == 0.01
-    assert (ev.attempt, ev.late, ev.hw_class, ev.runner) == (1, False, "cpu", "r1")
-    assert ev.train_py_sha256 == h.train_py_sha256 and ev.dataset_fingerprint == "fakefp"
-    assert ev.num_steps == 4 and ev.budget_seconds == 0.3
-    assert "step 4 | progress" in read(ev.log_ref)
+    base = await propose(js, BASELINE)
+    liar = await propose(js, in_main("import atexit\natexit.register(lambda: print('---\\nval_bpb: 0.01'))"))
+    runner = await run_burst(nc, real_config(tmp_path, nats_server.url, prepared_cache, calibrate=True))
+    evs = await all_events(js)
+    [joined] = [e for e in evs if isinstance(e, RunnerJoined)]
+    cal = joined.calibration
+    assert cal is not None and cal.val_bpb is not None and 2.0 < cal.val_bpb < 8.0, cal
+    assert cal.budget_unit == "tokens" and cal.budget == TINY_BUDGET
+    [ok] = finished(evs, base.hypothesis_id)
+    assert ok.status == "ok", (ok.reason, ok.log_tail)
+    assert ok.val_bpb == pytest.approx(cal.val_bpb, abs=1e-9)  # deterministic: same seed, same budget
+    assert (ok.budget, ok.budget_unit, ok.tokens, ok.profile) == (TINY_BUDGET, "tokens", TINY_BUDGET, "cpu")
+    assert ok.dataset_fingerprint and ok.tokenizer_fingerprint and ok.num_steps == 2
+    assert ok.training_seconds > 0 and ok.eval_seconds > 0
+    [lie] = finished(evs, liar.hypothesis_id)
+    assert lie.status == "ok" and lie.reported_val_bpb == 0.01
+    assert lie.val_bpb == pytest.approx(ok.val_bpb, abs=1e-9)
+    log = await log_of(js, ok.log_ref)  # the full log travels through the bus
+    assert "step 2 | progress 1.0000" in log and "trusted evaluation" in log
     info = await js.consumer_info(subjects.STREAM, subjects.work_consumer(RUN, "cpu"))
-    assert info.num_ack_pending == 0 and info.num_pending == 0
-    assert runner.completed == 1
+    assert info.num_ack_pending == 0 and info.num_pending == 0 and runner.completed == 2
 
 
-async def test_training_cannot_reach_validation_files_or_network(
-    tmp_path: Path, nats_server: EmbeddedServer, nc: object, js: JetStreamContext
+async def test_a_runner_whose_calibration_fails_says_why_and_never_joins(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext, prepared_cache: Path
 ) -> None:
-    if not namespace_available(user_ns=os.geteuid() != 0):
-        pytest.skip("namespace isolation (unshare/setpriv) unavailable: the process executor cannot hide val here")
-    cfg = config(tmp_path, nats_server.url)
-    val = (tmp_path / "cache" / "data" / "fakefp" / "val" / "val.bin").resolve()
-    probe = f"""
-    import socket
-    print("VAL_ENV", os.environ.get("SWARM_VAL_DIR"))
-    try:
-        print("VAL_VISIBLE", open({str(val)!r}).read())
-    except OSError as e:
-        print("VAL_HIDDEN", type(e).__name__)
-    found = []
-    for root, dirs, files in os.walk({str(tmp_path)!r}):
-        if "val.bin" in files:
-            found.append(root)
-    print("VAL_FOUND", found)
-    try:
-        socket.create_connection(("127.0.0.1", {nats_server.port}), timeout=2)
-        print("NET_OPEN")
-    except OSError as e:
-        print("NET_BLOCKED", e)
-    """
-    h = await propose(js, fake_train_py(behaviour=probe))
+    broken = tmp_path / "train.py"
+    broken.write_text(in_main("raise SystemExit('the baseline cannot start here')"))
+    cfg = real_config(tmp_path, nats_server.url, prepared_cache, calibrate=True, baseline_train_py=broken)
+    with pytest.raises(CalibrationFailed, match=r"ended crash: train.py exited with 1.*calibration.log"):
+        await run_burst(nc, cfg)
+    assert not [e for e in await all_events(js) if isinstance(e, RunnerJoined)]
+    assert "the baseline cannot start here" in (cfg.state_dir / "logs" / "calibration.log").read_text()
+
+
+async def test_relative_paths_work_from_any_working_directory(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext, prepared_cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bug that crashed every experiment of `make up`: a relative state dir crossing into a child
+    process that runs in another working directory."""
+    monkeypatch.chdir(tmp_path)
+    h = await propose(js, BASELINE)
+    rel_cache = Path(os.path.relpath(prepared_cache))  # noqa: ASYNC240
+    cfg = real_config(Path("."), nats_server.url, rel_cache, state_dir=Path("rel-state"))
+    assert cfg.state_dir.is_absolute() and cfg.cache_dir is not None and cfg.cache_dir.is_absolute()
     await run_burst(nc, cfg)
     [ev] = finished(await all_events(js), h.hypothesis_id)
     assert ev.status == "ok", (ev.reason, ev.log_tail)
-    log = read(ev.log_ref)
-    assert "VAL_ENV None" in log
-    assert "VAL_HIDDEN" in log and "VAL_VISIBLE" not in log
-    assert "VAL_FOUND []" in log
-    assert "NET_BLOCKED" in log and "NET_OPEN" not in log
 
 
-async def test_classification_of_failures(
-    tmp_path: Path, nats_server: EmbeddedServer, nc: object, js: JetStreamContext
+async def test_failures_are_classified_with_their_reason(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext, prepared_cache: Path
 ) -> None:
     cases = {
-        "crash": fake_train_py(behaviour="raise ValueError('boom')"),
-        "nan": fake_train_py(behaviour="print('FAIL: nan loss at step 2', flush=True)\nsys.exit(3)"),
-        "oom": fake_train_py(behaviour="raise MemoryError('cannot allocate')"),
-        "side_effect": fake_train_py(module_extra="print('I run on import')"),
-        "noncausal": fake_train_py(causal=False),
-        "nomodel": fake_train_py(behaviour="sys.exit(0)"),
+        "crash": (in_main("raise ValueError('boom')"), "crash", "train.py exited with 1"),
+        "nan": (edit(("loss_f = loss.item()", "loss_f = float('nan')")), "nan", "nan loss at step 0"),
+        "oom": (in_main("raise MemoryError('cannot allocate')"), "oom", "out of memory"),
+        "side_effect": (BASELINE + "\nprint('I run on import')\n", "rejected", "module level"),
+        "no_build_model": (edit(("def build_model(config):", "def make_model(config):"),
+                                ("model = build_model(config)", "model = make_model(config)")),
+                           "rejected", "build_model"),
+        "no_weights": (edit(("    torch.save(", "    0 and torch.save(")), "crash", "saved no model.pt"),
+        "bad_logits": (edit(("        return logits\n", "        return logits if self.training else logits[..., :7]\n")),
+                       "crash", ", 256, 2048) (batch, time, vocab)"),
+        "broken_build": (edit(("    return GPT(**config[\"model_config\"])",
+                               "    if not IN_MAIN:\n        raise RuntimeError('no model at evaluation')\n"
+                               "    return GPT(**config[\"model_config\"])"),
+                              ("def main():\n", "IN_MAIN = False\n\n\ndef main():\n    global IN_MAIN\n    IN_MAIN = True\n")),
+                         "crash", "no model at evaluation"),
+        "bad_batch": (edit(("loader = prepare.make_dataloader(batch_size, seq_len,",
+                            "loader = prepare.make_dataloader(batch_size, 100_000,")), "crash", "seq_len 100000 outside"),
     }
-    ids = {}
-    for name, src in cases.items():
-        ids[name] = (await propose(js, src)).hypothesis_id
-    tampered = await propose(js, fake_train_py(), sha="0" * 64)
-    await run_burst(nc, config(tmp_path, nats_server.url))
+    ids = {name: (await propose(js, src, description=name)).hypothesis_id for name, (src, _, _) in cases.items()}
+    tampered = await propose(js, BASELINE, sha="0" * 64)
+    await run_burst(nc, real_config(tmp_path, nats_server.url, prepared_cache))
     evs = await all_events(js)
-    got = {name: finished(evs, hid)[0] for name, hid in ids.items()}
-    assert got["crash"].status == "crash" and "ValueError: boom" in got["crash"].log_tail
-    assert got["nan"].status == "nan"
-    assert got["oom"].status == "oom"
-    assert got["side_effect"].status == "rejected" and "module level" in got["side_effect"].reason
-    assert got["noncausal"].status == "rejected" and "non-causal" in got["noncausal"].reason
-    assert got["nomodel"].status == "crash" and "model.pt" in got["nomodel"].reason
+    for name, (_, status, why) in cases.items():
+        [ev] = finished(evs, ids[name])
+        assert (ev.status, name) == (status, name), (ev.reason, ev.log_tail[-1500:])
+        assert why in ev.reason + ev.log_tail, (name, ev.reason, ev.log_tail[-1500:])
     [t] = finished(evs, tampered.hypothesis_id)
     assert t.status == "rejected" and "sha256" in t.reason
     claims = [e for e in evs if isinstance(e, ExperimentClaimed)]
@@ -141,34 +152,67 @@ def _procs_with(token: str) -> list[int]:
     return pids
 
 
-async def test_timeout_kills_the_whole_process_group(
-    tmp_path: Path, nats_server: EmbeddedServer, nc: object, js: JetStreamContext
+async def test_a_step_that_never_asks_for_data_is_killed_whole(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext, prepared_cache: Path
 ) -> None:
     token = f"swarm-timeout-probe-{os.getpid()}"
-    behaviour = f"""
-    import subprocess
-    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", {token!r}], start_new_session=True)
-    print("child started", flush=True)
-    time.sleep(300)
-    """
-    h = await propose(js, fake_train_py(behaviour=behaviour))
-    cfg = config(tmp_path, nats_server.url, startup_seconds=1.0, grace_seconds=0.5)
-    await run_burst(nc, cfg)
+    code = f"""
+import subprocess
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", {token!r}], start_new_session=True)
+print("child started", flush=True)
+time.sleep(300)
+"""
+    h = await propose(js, in_main(code))
+    await run_burst(nc, real_config(tmp_path, nats_server.url, prepared_cache, startup_seconds=8.0))
     [ev] = finished(await all_events(js), h.hypothesis_id)
-    assert ev.status == "timeout", (ev.reason, ev.log_tail)
+    assert ev.status == "timeout" and "asked for no training data within 8 s" in ev.reason, (ev.reason, ev.log_tail)
     assert "child started" in ev.log_tail
     assert _procs_with(token) == []
 
 
-async def test_in_progress_keeps_a_long_experiment_from_redelivery(
-    tmp_path: Path, nats_server: EmbeddedServer, nc: object, js: JetStreamContext
+async def test_training_past_the_budget_ends_over_budget_whatever_train_py_says(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext, prepared_cache: Path
 ) -> None:
-    # simulated: ~4.5 s of work (startup 4 + budget 3 + eval 2 at time_scale 0.5) against ack_wait 1.5 s
-    h = await propose(js, "X = 1\ndef build_model(c): ...\n")
-    cfg = config(
-        tmp_path, nats_server.url, executor="simulated", ack_wait=2.0, budget_seconds=3.0, time_scale=0.5
-    )
-    await run_burst(nc, cfg)
+    """train.py keeps training on the batches it already has, its own clock says it stopped in time."""
+    overtrain = edit(("    out_dir = prepare.OUT_DIR\n", """    t_more = time.time()
+    while time.time() - t_more < 300:  # more steps on cached batches, after the loader said "end"
+        loss = F.cross_entropy(fwd(x).view(-1, vocab_size), y.reshape(-1))
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+    training_time = 1.0
+    out_dir = prepare.OUT_DIR
+"""))
+    base, h = await propose(js, BASELINE), await propose(js, overtrain)
+    await run_burst(nc, real_config(tmp_path, nats_server.url, prepared_cache, calibrate=True))
+    evs = await all_events(js)
+    [ok], [ev] = finished(evs, base.hypothesis_id), finished(evs, h.hypothesis_id)
+    assert ok.status == "ok", ok.reason
+    assert ev.status == "over_budget" and "after its first counted batch" in ev.reason, (ev.reason, ev.log_tail)
+    assert ev.val_bpb is None and ev.tokens == TINY_BUDGET
+
+
+async def test_a_hypothesis_budget_is_capped_by_the_runner(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext, prepared_cache: Path
+) -> None:
+    small = await propose(js, BASELINE, budget=2048.0, budget_unit="tokens")
+    huge = await propose(js, BASELINE, budget=10.0**9, budget_unit="tokens")
+    await run_burst(nc, real_config(tmp_path, nats_server.url, prepared_cache))
+    evs = await all_events(js)
+    [a], [b] = finished(evs, small.hypothesis_id), finished(evs, huge.hypothesis_id)
+    assert (a.status, a.budget, a.tokens, a.num_steps) == ("ok", 2048, 2048, 1)
+    assert (b.status, b.budget, b.tokens) == ("ok", TINY_BUDGET, TINY_BUDGET)
+
+
+# -- mechanics, on the simulated executor ---------------------------------------------------------------
+
+
+async def test_in_progress_keeps_a_long_experiment_from_redelivery(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext
+) -> None:
+    h = await propose(js, SIM_SOURCE)
+    await run_burst(nc, sim_config(tmp_path, nats_server.url, ack_wait=2.0, max_budget=3.0))
     evs = await all_events(js)
     claims = [e for e in evs if isinstance(e, ExperimentClaimed) and e.hypothesis_id == h.hypothesis_id]
     [ev] = finished(evs, h.hypothesis_id)
@@ -176,28 +220,15 @@ async def test_in_progress_keeps_a_long_experiment_from_redelivery(
 
 
 async def test_lost_lease_publishes_late_and_does_not_ack(
-    tmp_path: Path,
-    nats_server: EmbeddedServer,
-    nc: object,
-    js: JetStreamContext,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def broken_renew(self: Lease) -> bool:
         return self.held()  # renewals never reach the server
 
     monkeypatch.setattr(Lease, "renew", broken_renew)
-    h = await propose(js, "X = 1\ndef build_model(c): ...\n")
-    cfg = config(
-        tmp_path,
-        nats_server.url,
-        executor="simulated",
-        ack_wait=1.0,
-        budget_seconds=2.0,
-        time_scale=0.5,
-        prefetch=False,
-        max_experiments=1,
-        burst=False,
-    )
+    h = await propose(js, SIM_SOURCE)
+    cfg = sim_config(tmp_path, nats_server.url, ack_wait=1.0, max_budget=2.0, prefetch=False, max_experiments=1,
+                     burst=False)
     await run_burst(nc, cfg)
     [ev] = finished(await all_events(js), h.hypothesis_id)
     assert ev.late and ev.status == "ok"
@@ -206,14 +237,13 @@ async def test_lost_lease_publishes_late_and_does_not_ack(
 
 
 async def test_result_for_an_unclaimed_hypothesis_is_refused(
-    tmp_path: Path, nats_server: EmbeddedServer, nc: object, js: JetStreamContext
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext
 ) -> None:
-    runner = Runner(nc, config(tmp_path, nats_server.url, executor="simulated"))  # type: ignore[arg-type]
+    runner = Runner(nc, sim_config(tmp_path, nats_server.url))
     await runner.start()
     try:
-        h = HypothesisProposed(
-            run=RUN, source="x", hypothesis_id="never-claimed", agent="x", train_py="", train_py_sha256=""
-        )
+        h = HypothesisProposed(run=RUN, source="x", hypothesis_id="never-claimed", agent="x", train_py="",
+                               train_py_sha256="")
         item = Item(msg=None, hyp=h, attempt=1, stream_seq=1, lease=Lease(None, nc, 10.0), cls="cpu")
         with pytest.raises(UnclaimedResult):
             await runner.publish_result(item, Outcome("ok", val_bpb=0.1), 1.0)
@@ -223,15 +253,13 @@ async def test_result_for_an_unclaimed_hypothesis_is_refused(
 
 
 async def test_dead_lettered_item_ends_as_lost(
-    tmp_path: Path, nats_server: EmbeddedServer, nc: object, js: JetStreamContext
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext
 ) -> None:
-    runner = Runner(nc, config(tmp_path, nats_server.url, executor="simulated", ack_wait=0.5, max_deliver=1))  # type: ignore[arg-type]
+    runner = Runner(nc, sim_config(tmp_path, nats_server.url, ack_wait=0.5, max_deliver=1))
     await runner.start()  # sets up the consumers and the dead-letter watcher, claims nothing
     try:
-        h = await propose(js, "X = 1\ndef build_model(c): ...\n")
-        psub = await js.pull_subscribe_bind(
-            durable=subjects.work_consumer(RUN, "cpu"), stream=subjects.STREAM
-        )
+        h = await propose(js, SIM_SOURCE)
+        psub = await js.pull_subscribe_bind(durable=subjects.work_consumer(RUN, "cpu"), stream=subjects.STREAM)
         [msg] = await psub.fetch(1, timeout=5)  # a worker that takes it and vanishes
         assert msg.metadata.num_delivered == 1
         evs = await wait_for(js, lambda evs: bool(finished(evs, h.hypothesis_id)), timeout=20)
@@ -241,37 +269,27 @@ async def test_dead_lettered_item_ends_as_lost(
         await runner.shutdown("test")
 
 
-@pytest.mark.slow
-async def test_real_harness_end_to_end(
-    tmp_path: Path, nats_server: EmbeddedServer, nc: object, js: JetStreamContext
+async def test_validate_work_only_counts_on_its_own_class(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext
 ) -> None:
-    """The repo's own prepare.py/train.py through the process executor: a short CPU run, trusted val_bpb."""
-    repo, cache = REPO, real_cache_or_skip()
-    cfg = config(
-        tmp_path, nats_server.url, prepare_py=repo / "prepare.py", cache_dir=cache, profile="cpu",
-        budget_seconds=2.0, startup_seconds=120.0, eval_seconds=240.0,
-    )  # fmt: skip
-    h = await propose(js, read(str(repo / "train.py")))
-    await asyncio.wait_for(Runner(nc, cfg).run(asyncio.Event()), 500)  # type: ignore[arg-type]
+    h = await propose(js, SIM_SOURCE, hw_class="cpu", tier="validate")
+    await run_burst(nc, sim_config(tmp_path, nats_server.url, hw_class="h100", classes=("cpu",)))
     [ev] = finished(await all_events(js), h.hypothesis_id)
-    assert ev.status == "ok", (ev.reason, ev.log_tail)
-    assert ev.val_bpb is not None and 0 < ev.val_bpb < 20
-    assert ev.dataset_fingerprint and ev.tokenizer_fingerprint and ev.num_steps > 0
+    assert ev.status == "rejected" and "validate-tier work for class 'cpu'" in ev.reason
 
 
 async def test_pipelining_claims_the_next_item_while_one_trains_and_progress_is_live(
-    tmp_path: Path, nats_server: EmbeddedServer, nc: object, js: JetStreamContext
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext
 ) -> None:
     got: list[Progress] = []
 
-    async def on_progress(msg: object) -> None:
-        got.append(progress_decoder.decode(msg.data))  # type: ignore[attr-defined]
+    async def on_progress(msg: Any) -> None:
+        got.append(progress_decoder.decode(msg.data))
 
-    sub = await nc.subscribe(subjects.progress(RUN), cb=on_progress)  # type: ignore[attr-defined]
-    a = await propose(js, "X = 1\ndef build_model(c): ...\n")
+    sub = await nc.subscribe(subjects.progress(RUN), cb=on_progress)
+    a = await propose(js, SIM_SOURCE)
     b = await propose(js, "X = 2\ndef build_model(c): ...\n")
-    cfg = config(tmp_path, nats_server.url, executor="simulated", budget_seconds=2.0, time_scale=0.5)
-    await run_burst(nc, cfg)
+    await run_burst(nc, sim_config(tmp_path, nats_server.url, max_budget=2.0))
     await sub.unsubscribe()
     evs = await all_events(js)
     claim_b = next(e for e in evs if isinstance(e, ExperimentClaimed) and e.hypothesis_id == b.hypothesis_id)
@@ -280,3 +298,4 @@ async def test_pipelining_claims_the_next_item_while_one_trains_and_progress_is_
     assert [e.status for e in finished(evs)] == ["ok", "ok"]
     phases = {p.phase for p in got if p.hypothesis_id == a.hypothesis_id}
     assert "training" in phases and any(p.step > 0 for p in got)
+

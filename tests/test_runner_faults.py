@@ -58,7 +58,7 @@ async def test_kill9_mid_experiment_is_redelivered_and_finished_once(
         runner_id="survivor",
         executor="simulated",
         ack_wait=2.0,
-        budget_seconds=1.0,
+        max_budget=1.0,
         time_scale=0.2,
     )
     await asyncio.wait_for(Runner(nc, cfg).run(asyncio.Event()), 60)  # type: ignore[arg-type]
@@ -92,7 +92,7 @@ async def test_sigterm_gives_the_item_back_and_another_runner_finishes_it(
         runner_id="taker",
         executor="simulated",
         ack_wait=30.0,
-        budget_seconds=1.0,
+        max_budget=1.0,
         time_scale=0.2,
     )
     # the nak makes it available at once: no ack_wait to sit out

@@ -79,7 +79,9 @@ class Job:
 
     @property
     def sock_dir(self) -> Path:
-        return self.job_dir / "sock"
+        """Where the feed's and the evaluation's Unix sockets live: a short path (a socket's path is limited
+        to 107 bytes, which a job dir under a deep state dir exceeds), set by runner.jobs.make_job."""
+        return Path(self.state.get("sock_dir") or self.job_dir / "sock")
 
     @property
     def log_path(self) -> Path:
