@@ -105,6 +105,8 @@ async def status_document(nc: Any, run: str, *, limit: int = 15, problems: int =
 )
 @click.option("--wait", "wait_seconds", type=float, default=0.0,
               help="Wait up to this many seconds for the hypothesis to finish (exit 3 if it has not).")  # fmt: skip
+@click.option("--train-py", "save_to", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the hypothesis's train.py to this file (to build on it).")  # fmt: skip
 @json_option
 def logs(
     nats_url: str,
@@ -113,6 +115,7 @@ def logs(
     full: bool,
     attempt: int | None,
     wait_seconds: float,
+    save_to: Path | None,
     as_json: bool,
 ) -> None:
     """Show a hypothesis: its description, every attempt, its decision, and the log."""
@@ -161,9 +164,12 @@ def logs(
     if h.item is None:
         _fail(f"no hypothesis {hypothesis_id!r} in run {run!r}; list recent ones with `swarm status`")
         return
+    if save_to is not None:
+        save_to.write_text(h.train_py)
     if as_json:
         echo_json(document("logs", run, hypothesis=h.item, rationale=h.rationale, diff=h.diff, diff_base=h.diff_base,
-                           attempts=h.attempts, decisions=h.decisions, children=h.children, log=log))  # fmt: skip
+                           attempts=h.attempts, decisions=h.decisions, children=h.children, log=log,
+                           train_py=h.train_py))  # fmt: skip
     else:
         _print_logs(h, log)
     if timed_out:

@@ -101,6 +101,9 @@ def test_scripted_coding_agent_loops_through_the_cli(nats_server: EmbeddedServer
             second["rationale"] == "round 1: probe EMBEDDING_LR"
             and second["diff_base"] == second["hypothesis"]["parent"]
         )
+        # it built on the first round's train.py, fetched back from the ledger: the diff is only its own edit
+        assert "+EMBEDDING_LR" in second["diff"] and "+MATRIX_LR" not in second["diff"]
+        assert "MATRIX_LR = 0.05" in second["train_py"]
         notes = swarm_json("notebook", *common, cwd=elsewhere)["notes"]
         assert {n["refs"][0] for n in notes if n["agent"] == "claude-code"} == {
             x["hypothesis_id"] for x in done["rounds"]

@@ -46,6 +46,13 @@ def scale_knob(source: str, knob: str, factor: float) -> tuple[str, str]:
     return source[: m.start(1)] + repr(new) + source[m.end(1) :], f"{knob} {old:g} -> {new:g}"
 
 
+def fetch_train_py(hypothesis_id: str, common: list[str], workdir: Path) -> str:
+    """A hypothesis's train.py, from the ledger (`swarm logs H --train-py FILE`)."""
+    path = workdir / f"{hypothesis_id}.py"
+    swarm("logs", hypothesis_id, *common, "--train-py", str(path), "--json")
+    return path.read_text()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nats", default=os.environ.get("SWARM_NATS_URL", "nats://127.0.0.1:4222"))
@@ -65,9 +72,13 @@ def main() -> None:
     print(json.dumps({"step": "read", "runners_online": status["runners_online"], "best": status["best"],
                       "notes": len(notes)}), flush=True)  # fmt: skip
 
-    source = (REPO / "train.py").read_text()
-    parent, best = "baseline", None
     workdir = Path(tempfile.mkdtemp(prefix="scripted-agent-"))
+    # build on the swarm's best train.py of the class, whoever found it; else on the repository's
+    top = next((x for x in status["best"] if x["hw_class"] == a.hw_class), None)
+    parent, best, source = "baseline", None, (REPO / "train.py").read_text()
+    if top is not None:
+        parent, best = top["hypothesis_id"], top["val_bpb"]
+        source = fetch_train_py(parent, common, workdir)
     rounds = []
     for i in range(a.rounds):
         knob, factor = EDITS[i % len(EDITS)]
@@ -89,8 +100,8 @@ def main() -> None:
                 f"- {'kept as my new parent' if improved else 'not better; back to ' + parent}\n")  # fmt: skip
         note = swarm("notebook", *common, "--write", f"{a.name}: {change}", "--author", a.name, "--ref", hid,
                      "--json", stdin=body)  # fmt: skip
-        if improved:
-            parent, best, source = hid, val, edited  # 5. loop, building on the best so far
+        if improved:  # 5. loop, building on the best so far (its train.py as the swarm recorded it)
+            parent, best, source = hid, val, fetch_train_py(hid, common, workdir)
         rounds.append({"round": i, "hypothesis_id": hid, "status": h["status"], "val_bpb": val,
                        "log_source": full["source"] if full else None, "note_id": note["note_id"],
                        "improved": improved})  # fmt: skip
