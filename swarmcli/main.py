@@ -444,10 +444,12 @@ def replay(nats_url: str, db: Path, archive: Path | None, since: str | None) -> 
 # --------------------------------------------------------------------------------------------------
 # the embedded default
 
+from swarmcli.deploy import deploy  # noqa: E402  (`swarm deploy compose`)
 from swarmcli.read import dashboard, logs, notebook, status  # noqa: E402  (the read commands)
 from swarmcli.up import up  # noqa: E402  (registers `swarm up`)
 
 cli.add_command(up)
+cli.add_command(deploy)
 for _command in (status, logs, notebook, dashboard):
     cli.add_command(_command)
 

@@ -38,7 +38,8 @@ if args == ["-L"]:
             print(f"  MIG {profile:<11} Device {j:>2}: (UUID: {uuid})")
     sys.exit(0)
 query = [a for a in args if a.startswith("--query-gpu=")]
-assert args[-1] == "--format=csv,noheader,nounits" and len(query) == 1, args
+assert args[-1] in ("--format=csv,noheader,nounits", "--format=csv,noheader") and len(query) == 1, args
+units = {} if args[-1].endswith("nounits") else {"memory.total": " MiB", "power.max_limit": " W"}
 known = {"index", "name", "memory.total", "uuid", "power.max_limit", "mig.mode.current", "pci.bus_id"}
 fields = query[0].split("=", 1)[1].split(",")
 for f in fields:
@@ -49,7 +50,7 @@ for i, g in enumerate(spec["gpus"]):
     row = {"index": str(i), "name": g["name"], "memory.total": str(g["mem"]), "uuid": g["uuid"],
            "power.max_limit": g.get("power", "[N/A]"), "mig.mode.current": g.get("mig_mode", "[N/A]"),
            "pci.bus_id": f"00000000:{i + 16:02X}:00.0"}
-    print(", ".join(row[f] for f in fields))
+    print(", ".join(row[f] + (units.get(f, "") if row[f][:1].isdigit() else "") for f in fields))
 """
 
 
