@@ -339,3 +339,28 @@ async def test_token_read_only_and_headers(nats_server: EmbeddedServer, nc: Any,
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_swarm_up_dashboard(tmp_path: Path) -> None:
+    """`swarm up --dashboard` prints the URL of a live page of its own run."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nats_port = s.getsockname()[1]
+    up = await start("up", "--executor", "simulated", "--time-scale", "0.05", "--max-experiments", "6", "--no-live",
+                     "--run", "upd", "--state-dir", str(tmp_path / "state"), "--port", str(nats_port),
+                     "--baseline-repeats", "1", "--agents", "random", "--dashboard", "0", cwd=tmp_path)  # fmt: skip
+    try:
+        url = await read_url(up)
+        async with browser_page(tmp_path) as (page, errors):
+            await page.goto(url)
+            await page.locator("#run", has_text="run upd").wait_for(timeout=WAIT_MS)
+            await results_at_least(page, 2)
+            await shot(page, tmp_path, "swarm-up-dashboard")
+            assert errors == []
+        assert up.stdout is not None
+        rest = (await asyncio.wait_for(up.stdout.read(), 600)).decode()
+        assert await up.wait() == 0, rest
+    finally:
+        await stop_process(up)

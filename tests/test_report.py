@@ -224,3 +224,16 @@ def test_summary_matches_the_events(fixture_db: Path) -> None:
         assert s["classes"][cls]["best_val_bpb"] == best
     assert {a["agent"] for a in s["agents"]} == {"optuna", "random", "claude-some-model"}
     assert {k["hypothesis_id"] for k in s["kept"]} == keeps
+
+
+def test_cli_report_png_and_json(fixture_db: Path, tmp_path: Path) -> None:
+    """`swarm report --png DIR --json`: the HTML, the PNG files and the summary, from the command line."""
+    out = tmp_path / "r.html"
+    r = subprocess.run([sys.executable, "-m", "swarmcli", "report", "--db", str(fixture_db), "--run", "run-b",
+                        "--out", str(out), "--png", str(tmp_path / "png"), "--json"],
+                       capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "swarm.report/1" and doc["run"] == "run-b" and doc["html"] == str(out)
+    assert out.exists() and len(doc["png"]) == 6 and all(Path(p).exists() for p in doc["png"])
+    assert doc["counts"]["hypotheses"] > 0 and set(doc["classes"]) == {"cpu", "h100"}

@@ -181,6 +181,13 @@
     tip.hidden = false;
   }
 
+  // a y range around the data with a margin (uPlot's default for one value is [0, 2v]: unreadable)
+  function padRange(u, min, max) {
+    if (min == null || max == null) return [0, 1];
+    const pad = max > min ? 0.08 * (max - min) : 0.01 * Math.abs(max) + 1e-3;
+    return [min - pad, max + pad];
+  }
+
   // The seed's figure: every finished experiment of a class a grey dot (x: finish order), failures red x
   // marks along the top, the running best a green step line, each kept new best labelled with its change.
   function progressData(cls) {
@@ -331,7 +338,7 @@
   function agentOpts(mode, curves) {
     return (width) => ({
       width, height: 260, legend: { show: true, live: true },
-      scales: { x: { time: mode === "wall" } },
+      scales: { x: { time: mode === "wall" }, y: { range: padRange } },
       axes: [mode === "wall" ? { label: "wall-clock time" } : { label: "GPU-hours used by the agent",
           values: (u, vals, ax, space, incr) => vals.map((v) => v.toFixed(Math.max(0, Math.min(6, -Math.floor(Math.log10(incr || 1)))))) },
         { label: "best val_bpb", size: 64, values: (u, vals) => vals.map((v) => v.toFixed(3)) }],
