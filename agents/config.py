@@ -42,7 +42,7 @@ class AgentConfig:
     rule: DecisionRule = field(default_factory=DecisionRule)
     baselines: bool = True
     baseline_repeats: int = 3
-    budget_seconds: float | None = None
+    budget: float | None = None  # asked of the runners, in their profile's unit (None: the profile's budget)
     seed: int = 0
     write_notes: bool = True
     follow_global_best: bool = True  # build on the best of the class, whoever found it

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import ast
 import difflib
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents.errors import ValidationError
-from bus.trainpy import ast_sha256, module_level_problems, sha256
+from bus.trainpy import ast_sha256, contract_problems, sha256
 
 TRAIN_PY = "train.py"
 MAX_SOURCE_BYTES = 256 * 1024
@@ -73,26 +72,6 @@ def _excerpt(text: str, n: int = 120) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# module-level side effects
-
-# The rule is the runner's own (bus/trainpy.py): what an agent publishes, a runner will run.
-
-
-def module_side_effects(source: str) -> list[str]:
-    """Module-level statements that do something at import (``ast.dump`` of each, for comparison)."""
-    return [ast.dump(n) for n, _ in module_level_problems(source)]
-
-
-@functools.lru_cache(maxsize=8)
-def _parent_side_effects(parent: str) -> frozenset[str]:
-    """Side effects the parent already has (cached: every draft of a wave shares one parent)."""
-    try:
-        return frozenset(module_side_effects(parent))
-    except SyntaxError:
-        return frozenset()
-
-
-# --------------------------------------------------------------------------------------------------
 # validation
 
 
@@ -107,11 +86,9 @@ class Validated:
 
 
 def validate_source(source: str, parent: str, *, max_bytes: int = MAX_SOURCE_BYTES) -> Validated:
-    """Check a complete new train.py against its parent (everything except dedup).
-
-    Module-level side effects already present in the parent are tolerated (the harness decides what the
-    base may do); new ones are rejected.
-    """
+    """Check a complete new train.py against its parent (everything except dedup). What makes a train.py
+    runnable is the runners' own rule (bus.trainpy.contract_problems): what an agent publishes, a runner
+    will run."""
     size = len(source.encode())
     if size > max_bytes:
         raise ValidationError(f"train.py would be {size} bytes; the limit is {max_bytes}")
@@ -125,14 +102,9 @@ def validate_source(source: str, parent: str, *, max_bytes: int = MAX_SOURCE_BYT
         compile(tree, TRAIN_PY, "exec")
     except (SyntaxError, ValueError) as e:
         raise ValidationError(f"train.py does not compile: {e}") from e
-    allowed = _parent_side_effects(parent)
-    new = [why for n, why in module_level_problems(source) if ast.dump(n) not in allowed]
-    if new:
-        where = "; ".join(new[:3])
-        raise ValidationError(
-            "train.py must be importable without side effects: module level may only hold imports, defs, "
-            f"classes, constant assignments and the `if __name__ == \"__main__\":` guard; offending: {where}"
-        )
+    problems = contract_problems(source)
+    if problems:
+        raise ValidationError("; ".join(problems[:3]))
     return Validated(source, sha256(source), ast_sha256(source), unified_diff(parent, source))
 
 

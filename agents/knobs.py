@@ -7,89 +7,26 @@ one-line diff and the comment stays where it was.
 
 from __future__ import annotations
 
-import ast
 import math
-import operator
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from agents.errors import ValidationError
+from bus.trainpy import Knob, KnobValue, knob_values
+from bus.trainpy import parse_knobs as _parse_knobs
 
-KnobValue = bool | int | float | str | tuple[Any, ...]
-
-_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Pow: operator.pow,
-}
-
-
-def _literal(node: ast.expr) -> Any:
-    """Value of a literal expression, allowing arithmetic on numbers (``2**19``, ``3 * 64``)."""
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left, right = _literal(node.left), _literal(node.right)
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (left, right)):
-            raise ValueError("arithmetic on non-numbers")
-        if isinstance(node.op, ast.Pow) and abs(right) > 64:
-            raise ValueError("exponent too large")
-        return _BINOPS[type(node.op)](left, right)
-    if isinstance(node, ast.Tuple):
-        return tuple(_literal(e) for e in node.elts)
-    return ast.literal_eval(node)
-
-
-@dataclass(frozen=True)
-class Knob:
-    name: str
-    value: KnobValue
-    lineno: int  # 1-based
-    col_offset: int  # of the value, in characters
-    end_col_offset: int
-    source_text: str  # the value as written, e.g. "2**19"
+__all__ = ["Knob", "KnobSpec", "KnobValue", "apply_knobs", "format_value", "knob_values", "parse_knobs",
+           "search_space"]
 
 
 def parse_knobs(source: str) -> dict[str, Knob]:
-    """Every module-level ``UPPER_CASE = <literal>`` on a single line, in file order.
-
-    Raises :class:`ValidationError` if the source does not parse.
-    """
+    """train.py's knobs (bus.trainpy.parse_knobs). Raises :class:`ValidationError` if it does not parse."""
     try:
-        tree = ast.parse(source)
+        return _parse_knobs(source)
     except SyntaxError as e:
         raise ValidationError(f"train.py does not parse: {e}") from e
-    lines = source.splitlines()
-    knobs: dict[str, Knob] = {}
-    for node in tree.body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
-            continue
-        target = node.targets[0]
-        if not (isinstance(target, ast.Name) and target.id.isupper() and not target.id.startswith("_")):
-            continue
-        if node.lineno != node.end_lineno or node.value.end_col_offset is None:
-            continue
-        try:
-            value = _literal(node.value)
-        except (ValueError, TypeError, SyntaxError, ZeroDivisionError, OverflowError):
-            continue
-        if not isinstance(value, bool | int | float | str | tuple):
-            continue
-        line = lines[node.lineno - 1]
-        # ast offsets are UTF-8 byte offsets; convert to character offsets
-        raw = line.encode()
-        col = len(raw[: node.value.col_offset].decode())
-        end = len(raw[: node.value.end_col_offset].decode())
-        knobs[target.id] = Knob(target.id, value, node.lineno, col, end, line[col:end])
-    return knobs
-
-
-def knob_values(source: str) -> dict[str, Any]:
-    """``{name: value}`` of train.py's knobs (tuples as lists, so the dict survives msgpack/JSON)."""
-    return {k: list(v.value) if isinstance(v.value, tuple) else v.value for k, v in parse_knobs(source).items()}
 
 
 def format_value(value: Any) -> str:

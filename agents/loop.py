@@ -259,7 +259,7 @@ class Agent:
             tier="validate" if tier == "validate" else "screen",
             hw_class=hw_class,
             seed=self.cfg.seed * 100_003 + self.stats.proposed,
-            budget_seconds=self.cfg.budget_seconds,
+            budget=self.cfg.budget,
             tags=tags,
             knobs=knobs,
         )

@@ -20,6 +20,7 @@ from agents.loop import AgentConfig, AgentStats, WaveReporter, run_agent
 from agents.options import AgentOptions, llm_kwargs, loop_kwargs, summary
 from agents.proposers.base import Proposer
 from agents.proposers.llm import LlmSettings
+from bus.trainpy import profile_of_class
 
 DEFAULT_PROGRAM = Path(__file__).resolve().parent.parent / "program.md"
 
@@ -132,7 +133,7 @@ async def run_agent_spec(
     base = _text(train_py)
     program = _text(program_md if program_md is not None else DEFAULT_PROGRAM)
     hw = str(config.get("hw_class", "any"))
-    device = "cpu" if hw == "cpu" else ("gpu" if hw not in ("any", "") else None)
+    device = profile_of_class(hw)  # which half of the CPU_/GPU_ knobs its runners read (None: either)
     proposer = make_proposer(parsed, base, seed=seed, api_key=api_key, prices=prices, device=device,
                              llm=llm_kwargs(opts))  # fmt: skip
     if parsed.kind in ("optuna", "random"):

@@ -1,6 +1,13 @@
-"""What a train.py may do at module level: one rule for the runner (which refuses to run a train.py that
-breaks it) and the agents (which refuse to propose one). It sits on the ground floor, beside the
-messages, because both packages stand on it and neither may import the other.
+"""train.py's contract, one home for each rule, on the ground floor because the runner, the agents, the
+simulator and the tests all read train.py and none of them may import another:
+
+* :func:`contract_problems` — what makes a train.py runnable (the module-level rule below, and a
+  module-level ``build_model(config)`` for the evaluation): the runner refuses what breaks it, the agents
+  never propose it;
+* :func:`parse_knobs` — what a knob is: a module-level ``UPPER_CASE = <literal>`` on one line;
+* :func:`parse_progress` / :func:`parse_summary` — train.py's output: progress lines, the ``---`` block,
+  the NaN failure line (exit code :data:`NAN_EXIT_CODE`);
+* :func:`profile_of_class` — which half of the per-profile knobs a hardware class runs.
 
 The rule (the trusted evaluation imports train.py, so importing it must do nothing but define):
 a train.py is accepted when every top-level statement is one of
@@ -28,6 +35,11 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 _FORBIDDEN_EXPR = (
     ast.Call,
@@ -177,3 +189,175 @@ def ast_sha256(source: str) -> str:
     return hashlib.sha256(
         ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
     ).hexdigest()
+
+
+def contract_problems(source: str) -> list[str]:
+    """Why ``source`` is not a runnable train.py, in words (empty: it is)."""
+    try:
+        problems = module_level_problems(source)
+    except SyntaxError as e:
+        return [f"train.py does not parse: {e.msg} at line {e.lineno}"]
+    out = [
+        "train.py module level must only define things (imports, constants, defs, classes, the __main__ guard): "
+        + why
+        for _, why in problems
+    ]
+    tree = ast.parse(source)
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+    if "build_model" not in defined:
+        out.append("train.py defines no module-level build_model(config): the evaluation needs it")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# knobs
+
+KnobValue = bool | int | float | str | tuple[Any, ...]
+
+_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Pow: operator.pow,
+}
+
+
+def _literal(node: ast.expr) -> Any:
+    """Value of a literal expression, allowing arithmetic on numbers (``2**19``, ``3 * 64``)."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        left, right = _literal(node.left), _literal(node.right)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (left, right)):
+            raise ValueError("arithmetic on non-numbers")
+        if isinstance(node.op, ast.Pow) and abs(right) > 64:
+            raise ValueError("exponent too large")
+        return _BINOPS[type(node.op)](left, right)
+    if isinstance(node, ast.Tuple):
+        return tuple(_literal(e) for e in node.elts)
+    return ast.literal_eval(node)
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    value: KnobValue
+    lineno: int  # 1-based
+    col_offset: int  # of the value, in characters
+    end_col_offset: int
+    source_text: str  # the value as written, e.g. "2**19"
+
+
+def parse_knobs(source: str) -> dict[str, Knob]:
+    """Every module-level ``UPPER_CASE = <literal>`` (or ``UPPER_CASE: T = <literal>``) on a single line, in
+    file order. A knob is edited by rewriting only its value's characters on that line. Raises SyntaxError
+    if the source does not parse."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    knobs: dict[str, Knob] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value_node = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value_node = node.target, node.value
+        else:
+            continue
+        if not (isinstance(target, ast.Name) and target.id.isupper() and not target.id.startswith("_")):
+            continue
+        if node.lineno != node.end_lineno or value_node.end_col_offset is None:
+            continue
+        try:
+            value = _literal(value_node)
+        except (ValueError, TypeError, SyntaxError, ZeroDivisionError, OverflowError):
+            continue
+        if not isinstance(value, bool | int | float | str | tuple):
+            continue
+        line = lines[node.lineno - 1]
+        raw = line.encode()  # ast offsets are UTF-8 byte offsets; convert to character offsets
+        col = len(raw[: value_node.col_offset].decode())
+        end = len(raw[: value_node.end_col_offset].decode())
+        knobs[target.id] = Knob(target.id, value, node.lineno, col, end, line[col:end])
+    return knobs
+
+
+def knob_values(source: str) -> dict[str, Any]:
+    """``{name: value}`` of train.py's knobs (tuples as lists, so the dict survives msgpack/JSON); empty if
+    the source does not parse."""
+    try:
+        knobs = parse_knobs(source)
+    except SyntaxError:
+        return {}
+    return {k: list(v.value) if isinstance(v.value, tuple) else v.value for k, v in knobs.items()}
+
+
+def profile_of_class(hw_class: str) -> str | None:
+    """The profile (which half of the CPU_/GPU_ knob pairs) a hardware class runs: ``cpu`` for the cpu
+    class, ``gpu`` for any GPU class, None for ``any`` (either)."""
+    if hw_class in ("", "any"):
+        return None
+    return "cpu" if hw_class == "cpu" else "gpu"
+
+
+# --------------------------------------------------------------------------------------------------
+# output
+
+NAN_EXIT_CODE = 3  # train.py exits with this after printing "FAIL: nan loss at step N"
+_PROGRESS = re.compile(
+    r"^step\s+(\d+)\s*\|\s*progress\s+([0-9.eE+-]+)\s*\|\s*loss\s+([0-9.eE+-]+|nan|inf)\s*(?:\|\s*tok/s\s+(\d+))?"
+)
+_NAN = re.compile(r"^FAIL: nan loss at step (\d+)")
+
+
+@dataclass
+class ProgressLine:
+    step: int
+    progress: float
+    loss: float
+    tok_per_s: int = 0
+
+
+def parse_progress(line: str) -> ProgressLine | None:
+    """One ``step N | progress P | loss L | tok/s T`` line, or None."""
+    m = _PROGRESS.match(line.strip())
+    if not m:
+        return None
+    try:
+        return ProgressLine(int(m.group(1)), float(m.group(2)), float(m.group(3)), int(m.group(4) or 0))
+    except ValueError:
+        return None
+
+
+@dataclass
+class Summary:
+    """The ``---`` block a train.py prints at the end: ``key: value`` lines (untrusted, informational)."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    text: dict[str, str] = field(default_factory=dict)
+    nan_step: int | None = None
+
+    def get(self, key: str, default: float = 0.0) -> float:
+        return self.values.get(key, default)
+
+
+def parse_summary(text: str) -> Summary:
+    """The last ``---`` block of ``text`` (numbers in ``values``, everything in ``text``); also notes a
+    ``FAIL: nan loss`` line."""
+    out = Summary()
+    lines = text.splitlines()
+    for line in lines:
+        if m := _NAN.match(line.strip()):
+            out.nan_step = int(m.group(1))
+    try:
+        start = len(lines) - 1 - lines[::-1].index("---")
+    except ValueError:
+        return out
+    for line in lines[start + 1 :]:
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        out.text[key.strip()] = value.strip()
+        try:
+            out.values[key.strip()] = float(value.strip())
+        except ValueError:
+            continue
+    return out

@@ -64,6 +64,7 @@ _MAPPING: dict[type[ev.Event], tuple[str, list[_Col]]] = {
     ev.HypothesisProposed: ("hypotheses", [
         "hypothesis_id", "agent", "model", "parent", "train_py", "train_py_sha256", "ast_sha256", "diff",
         "description", "rationale", "tier", "hw_class", "seed", "budget_seconds", "tags", ("knobs", _json_of("knobs")),
+        "budget", "budget_unit",
     ]),
     ev.ExperimentClaimed: ("claims", [
         "hypothesis_id", "attempt", "runner", ("hw_class", _hw_class), ("hardware", _json_of("hardware")),
@@ -73,7 +74,7 @@ _MAPPING: dict[type[ev.Event], tuple[str, list[_Col]]] = {
         "hypothesis_id", "attempt", "runner", "status", "val_bpb", "reported_val_bpb", "training_seconds",
         "total_seconds", "num_steps", "tokens", "num_params", "peak_vram_mb", "mfu", "reason", "log_tail",
         "log_ref", "hw_class", "train_py_sha256", "dataset_fingerprint", "tokenizer_fingerprint", "budget_seconds",
-        "late",
+        "late", "budget", "budget_unit", "eval_seconds", "profile",
     ]),
     ev.HypothesisDecided: ("decisions", [
         "hypothesis_id", "decision", "by", "reason", "val_bpb", "reference_val_bpb", "sigma"]),
@@ -177,54 +178,83 @@ def project(msgs: Iterable[RawMessage], *, after_seq: int = 0) -> Rows:
     An event_id seen twice in the batch keeps its first (lowest seq) occurrence; duplicates against
     what is already projected are dropped by :func:`apply`.
     """
+    seqs: list[int] = []
+    subs: list[str] = []
+    datas: list[bytes] = []
+    tss: list[float] = []
+    for m in msgs:
+        seqs.append(m.seq)
+        subs.append(m.subject)
+        datas.append(m.data)
+        tss.append(m.ts)
+    return project_columns(seqs, subs, datas, tss, after_seq=after_seq)
+
+
+_ENVELOPE_GET = operator.attrgetter("event_id", "run", "source", "ts", "schema_version")
+
+
+def project_columns(
+    seqs: Sequence[int], subjects_: Sequence[str], datas: Sequence[bytes], tss: Sequence[float], *,
+    after_seq: int = 0,
+) -> Rows:  # fmt: skip
+    """:func:`project` over messages given as columns (stream sequence, subject, bytes, stored time),
+    the form :class:`ledger.fetch.PullFeed` delivers them in, without a per-message object."""
     rows = Rows(last_seq=after_seq)
     seen: set[str] = set()
-    kept: list[RawMessage] = []
+    kept_i: list[int] = []
     kept_events: list[ev.AnyEvent] = []
     rej: list[tuple[int, str, str, bytes, float]] = []
     decode = ev.decode
-    for m in msgs:
-        if m.seq <= after_seq:
+    subject_of = _subject_of
+    last = after_seq
+    for i, seq in enumerate(seqs):
+        if seq <= after_seq:
             continue
-        if m.seq > rows.last_seq:
-            rows.last_seq = m.seq
+        if seq > last:
+            last = seq
+        data = datas[i]
         try:
-            event = decode(m.data)
+            event = decode(data)
         except ev.EventDecodeError as e:
-            rej.append((m.seq, m.subject, f"decode: {e}", m.data, m.ts))
+            rej.append((seq, subjects_[i], f"decode: {e}", data, tss[i]))
             continue
-        problem = validate(event, m.subject)
-        if problem is not None:
-            rej.append((m.seq, m.subject, f"validate: {problem}", m.data, m.ts))
-            continue
+        try:
+            ok = subject_of(event) == subjects_[i]
+        except ValueError:
+            ok = False
+        if not ok:
+            problem = validate(event, subjects_[i])
+            if problem is not None:
+                rej.append((seq, subjects_[i], f"validate: {problem}", data, tss[i]))
+                continue
         eid = event.event_id
         if eid in seen:
             continue
         seen.add(eid)
-        kept.append(m)
+        kept_i.append(i)
         kept_events.append(event)
-    if kept:
-        seqs = [m.seq for m in kept]
+    rows.last_seq = last
+    if kept_events:
+        kseqs = [seqs[i] for i in kept_i]
+        eids, runs, sources, ts, versions = (list(c) for c in zip(*map(_ENVELOPE_GET, kept_events), strict=True))
+        kinds = list(map(type, kept_events))
         rows.events = {
-            "seq": seqs,
-            "event_id": [e.event_id for e in kept_events],
-            "type": [type(e).__name__ for e in kept_events],
-            "run": [e.run for e in kept_events],
-            "source": [e.source for e in kept_events],
-            "ts": [e.ts for e in kept_events],
-            "schema_version": [e.schema_version for e in kept_events],
-            "subject": [m.subject for m in kept],
-            "data": [m.data for m in kept],
-        }
+            "seq": kseqs, "event_id": eids, "type": [k.__name__ for k in kinds], "run": runs, "source": sources,
+            "ts": ts, "schema_version": versions, "subject": [subjects_[i] for i in kept_i],
+            "data": [datas[i] for i in kept_i],
+        }  # fmt: skip
         by_type: dict[type[ev.Event], tuple[list[int], list[Any]]] = {}
-        for seq, event in zip(seqs, kept_events, strict=True):
-            group = by_type.get(type(event))
-            if group is None:
-                group = by_type[type(event)] = ([], [])
-            group[0].append(seq)
-            group[1].append(event)
-        for kind, (kseqs, evs) in by_type.items():
-            table, cols = _columns(kind, kseqs, evs)
+        if len(set(kinds)) == 1:
+            by_type[kinds[0]] = (kseqs, kept_events)
+        else:
+            for seq, kind, event in zip(kseqs, kinds, kept_events, strict=True):
+                group = by_type.get(kind)
+                if group is None:
+                    group = by_type[kind] = ([], [])
+                group[0].append(seq)
+                group[1].append(event)
+        for kind, (kseqs_k, evs) in by_type.items():
+            table, cols = _columns(kind, kseqs_k, evs)
             out = rows.tables.get(table)
             if out is None:
                 rows.tables[table] = cols

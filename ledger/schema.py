@@ -277,10 +277,20 @@ FROM ranked LEFT JOIN done ON done.run = ranked.run AND done.hypothesis_id = ran
 """
 
 
+# Columns added after a table was first released: added to an existing ledger file on open (old rows read
+# NULL; `swarm replay` fills them from the stream).
+ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "hypotheses": [("budget", "DOUBLE"), ("budget_unit", "VARCHAR")],
+    "results": [("budget", "DOUBLE"), ("budget_unit", "VARCHAR"), ("eval_seconds", "DOUBLE"), ("profile", "VARCHAR")],
+}
+
+
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every table and view if missing. Idempotent."""
     for name, cols in TABLES.items():
         con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
+        for col, kind in ADDED_COLUMNS.get(name, []):
+            con.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {col} {kind}")
     for name, cols in DERIVED_TABLES.items():
         fresh = not con.execute(
             "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = $1", [name]

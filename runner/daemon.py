@@ -153,6 +153,8 @@ class Runner:
         except OSError as e:
             raise CalibrationFailed(f"no baseline train.py at {path} ({e}): pass --baseline-train-py") from e
         budget = self.lab.default_budget()
+        if cfg.max_budget is not None:  # calibrate at what this runner will give an experiment
+            budget = Budget(budget.unit, min(budget.amount, cfg.max_budget))
         if cfg.calibration_budget is not None:
             budget = Budget(budget.unit, cfg.calibration_budget)
         elif budget.unit == "seconds":

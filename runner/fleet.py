@@ -188,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> FleetConfig:
         p.error("--time-scale must be > 0 and --per-connection ≥ 1")
     return FleetConfig(
         nats_urls=tuple(u.strip() for u in a.nats.split(",") if u.strip()), run=a.run, classes=classes,
-        state_dir=Path(a.state_dir), time_scale=a.time_scale, max_budget=a.budget, ack_wait=a.ack_wait,
+        state_dir=Path(a.state_dir), time_scale=a.time_scale, budget_seconds=a.budget, ack_wait=a.ack_wait,
         max_deliver=a.max_deliver, fetch_timeout=a.fetch_timeout, per_connection=a.per_connection,
         prefetch=a.prefetch, progress_interval=a.progress_interval, stop_grace_seconds=a.stop_grace,
         id_prefix=a.id_prefix, baseline_train_py=Path(a.baseline_train_py),

@@ -34,7 +34,7 @@ class UpConfig:
     gpus: list[int]
     executor: str
     max_experiments: int
-    budget_seconds: float | None
+    budget: float | None
     baseline_repeats: int
     time_scale: float
     duration: float | None
@@ -83,8 +83,9 @@ def _port_free(host: str, port: int) -> bool:
 )
 @click.option("--max-experiments", type=int, default=10, show_default=True,
               help="Hypotheses the agents propose in all (baselines not counted).")  # fmt: skip
-@click.option("--budget-seconds", type=float, default=None,
-              help="Training budget per experiment (default: 30 on CPU, 300 on GPU).")  # fmt: skip
+@click.option("--budget", type=float, default=None,
+              help="Training budget per experiment, in the profile's unit: tokens on a CPU (default 65,536), "
+                   "seconds on a GPU (default 300). Runners cap every hypothesis at it.")  # fmt: skip
 @click.option("--baseline-repeats", type=int, default=3, show_default=True,
               help="Runs of the unmodified train.py per hardware class (baseline mean and σ).")  # fmt: skip
 @click.option(
@@ -133,7 +134,7 @@ def up(
     threads: int | None,
     executor: str,
     max_experiments: int,
-    budget_seconds: float | None,
+    budget: float | None,
     baseline_repeats: int,
     time_scale: float,
     duration: float | None,
@@ -155,7 +156,6 @@ def up(
     with Optuna and random-search agents. At the end it writes the HTML report.
     """
     from bus.events import check_token
-
     from runner.config import absolute
 
     run = run or time.strftime("up-%Y%m%d-%H%M%S")
@@ -193,11 +193,9 @@ def up(
         _fail(f"--runners {runners} but only {len(gpus)} GPUs: one runner per GPU")
     if not gpus and threads is None and executor != "simulated":
         threads = max(1, (os.cpu_count() or 1) // runners)
-    if budget_seconds is None and not gpus and executor != "simulated":
-        budget_seconds = 30.0
     cfg = UpConfig(
         run=run, state_dir=state_dir, agents=agents, runners=runners, threads=threads, gpus=gpus[:runners],
-        executor=executor, max_experiments=max_experiments, budget_seconds=budget_seconds,
+        executor=executor, max_experiments=max_experiments, budget=budget,
         baseline_repeats=baseline_repeats, time_scale=time_scale, duration=duration, host=host, port=port,
         live=sys.stdout.isatty() if live is None else live,
         report=report or state_dir / run / "report.html", calibrate=calibrate,
@@ -240,7 +238,7 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
     say(f"swarm up: run {cfg.run}, nats {server.url}, state {cfg.state_dir}", err=True)
     say(f"  agents {', '.join(cfg.agents)}; {cfg.runners} {cfg.executor} runner(s)"
         + (f" with {cfg.threads} threads" if cfg.threads else "")
-        + (f"; budget {cfg.budget_seconds:.0f} s" if cfg.budget_seconds else ""), err=True)  # fmt: skip
+        + (f"; budget {cfg.budget:g}" if cfg.budget else ""), err=True)  # fmt: skip
 
     nc = await connect(url, name="swarm-up")
     tasks: dict[str, asyncio.Task[Any]] = {}
@@ -269,7 +267,7 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
             gpu = cfg.gpus[i] if cfg.gpus else None
             rc = RunnerConfig(
                 nats_urls=(url,), run=cfg.run, runner_id=f"{socket.gethostname()[:30]}-r{i}".replace(".", "-"),
-                executor=cfg.executor, state_dir=run_dir / f"runner{i}", budget_seconds=cfg.budget_seconds,
+                executor=cfg.executor, state_dir=run_dir / f"runner{i}", max_budget=cfg.budget,
                 gpu=gpu, threads=cfg.threads, time_scale=cfg.time_scale, calibrate=cfg.calibrate,
             )  # fmt: skip
             tasks[f"runner{i}"] = asyncio.create_task(run_runner(rc, stop=runner_stop))
@@ -280,7 +278,7 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
         shares = _split(cfg.max_experiments, len(cfg.agents))
         # runners on a machine without a GPU are of class cpu: agents address cpu work (and edit the cpu
         # profile's knobs); GPU runners serve their own class and `any`
-        hw_class = "any" if cfg.gpus or (await asyncio.to_thread(_gpu_count)) > 0 else "cpu"
+        hw_class = await _runner_class(nc, cfg)
         for i, spec in enumerate(cfg.agents):
             options = cfg.agent_options[i] if i < len(cfg.agent_options) else None
             label = getattr(options, "name", None) or spec
@@ -295,7 +293,7 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
                     max_experiments=shares[i],
                     baseline_repeats=cfg.baseline_repeats,
                     hw_class=hw_class,
-                    budget_seconds=cfg.budget_seconds,
+                    budget=cfg.budget,
                     options=options,
                     report=wave_lines.append,
                     **cfg.extra,
@@ -303,7 +301,7 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
             )
         view = LedgerView(nc, cfg.run)
         await view.follow_progress()
-        await _watch(cfg, stop, tasks, view, render_status, t0, wave_lines)
+        failure = await _watch(cfg, stop, tasks, view, render_status, t0, wave_lines)
     finally:
         # stop in order: agents, runners (give back what they hold), then let the ledger catch up
         agent_stop.set()
@@ -335,6 +333,13 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
         await nc.close()
         await asyncio.to_thread(server.stop)
     _write_report(cfg)
+    if failure:
+        raise click.ClickException(failure)
+    ok = _ok_results(cfg)
+    if ok == 0:
+        raise click.ClickException(
+            f"the run produced no successful experiment; see `swarm status --run {cfg.run}` while a swarm serves "
+            f"this state dir, or the report above")
     if agent_stats and all(s.failed for s in agent_stats):
         raise click.ClickException(
             "no agent could propose:\n" + "\n".join(f"  {s.agent}: {s.stopped_because}; last problem: "
@@ -376,6 +381,20 @@ async def _dashboard(nc: Any, cfg: UpConfig, stop: asyncio.Event) -> None:
     await run_dashboard(nc, dash, stop=stop, on_ready=lambda url: click.echo(f"  dashboard: {url}", err=True))
 
 
+async def _runner_class(nc: Any, cfg: UpConfig) -> str:
+    """The hardware class the agents address: the class of this machine's runners when they share one (so
+    an agent searches the knobs of the profile they run), else ``any``."""
+    from bus.readapi import LedgerClient
+
+    with contextlib.suppress(Exception):
+        reply = await LedgerClient(nc, cfg.run, timeout=5).sql(
+            f"SELECT DISTINCT hw_class FROM runners WHERE run = '{cfg.run}' AND action = 'joined' AND hw_class IS NOT NULL")
+        classes = {str(r[0]) for r in reply.rows}
+        if len(classes) == 1:
+            return classes.pop()
+    return "any"
+
+
 def _split(total: int, n: int) -> list[int]:
     return [total // n + (1 if i < total % n else 0) for i in range(n)]
 
@@ -406,8 +425,10 @@ async def _gather(tasks: dict[str, asyncio.Task[Any]], prefix: str, timeout: flo
 async def _watch(
     cfg: UpConfig, stop: asyncio.Event, tasks: dict[str, asyncio.Task[Any]], view: Any, render: Any, t0: float,
     wave_lines: list[Any] | None = None,
-) -> None:
-    """Show progress until the agents are done, a service fails, the duration is up, or Ctrl-C."""
+) -> str:
+    """Show progress until the agents are done, a service fails, the duration is up, or Ctrl-C. Returns
+    why the run failed ("" when it did not): every baseline of a hardware class failed."""
+    client = getattr(view, "client", None)
     from rich.console import Console
     from rich.live import Live
 
@@ -434,6 +455,9 @@ async def _watch(
             if cfg.duration is not None and time.monotonic() - t0 > cfg.duration:
                 console.print(f"duration of {cfg.duration:.0f} s reached; stopping")
                 break
+            if client is not None and (failure := await _baselines_failed(client, cfg.run)):
+                console.print(f"[red]stopping: {failure}[/red]", soft_wrap=True)
+                return failure
             try:
                 snap = await view.snapshot()
             except Exception:  # the ledger may be busy catching up: show the last view
@@ -461,6 +485,42 @@ async def _watch(
     finally:
         if live:
             live.stop()
+    return ""
+
+
+async def _baselines_failed(client: Any, run: str) -> str:
+    """When every baseline of a hardware class has finished and none is ok: what to tell the user."""
+    query = ("SELECT hypothesis_id, hw_class, status, reason FROM experiments "
+             "WHERE list_contains(tags, 'baseline') ORDER BY proposed_ts")
+    try:
+        reply = await client.sql(query, limit=1000)
+    except Exception:  # the ledger may be busy: look again next time
+        return ""
+    by_class: dict[str, list[list[Any]]] = {}
+    for row in reply.rows:
+        by_class.setdefault(str(row[1]), []).append(row)
+    for cls, rows in by_class.items():
+        if rows and all(r[2] is not None for r in rows) and not any(r[2] == "ok" for r in rows):
+            hid, _, status, reason = rows[0]
+            return (f"every baseline of class {cls} failed ({len(rows)} of {len(rows)}), so no result of this run "
+                    f"could mean anything. The first: {hid} ended {status}: {reason}\n"
+                    f"  its log: swarm logs {hid} --run {run} --full")
+    return ""
+
+
+def _ok_results(cfg: UpConfig) -> int | None:
+    """How many experiments of the run ended ok (None when the ledger file cannot be read)."""
+    from ledger.analysis import open_ledger
+
+    try:
+        con = open_ledger(cfg.state_dir / "ledger.duckdb")
+    except Exception:
+        return None
+    try:
+        row = con.execute("SELECT count(*) FROM results WHERE run = ? AND status = 'ok'", [cfg.run]).fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        con.close()
 
 
 def _write_report(cfg: UpConfig) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.edits import Edit, SeenSet, apply_edits, ast_sha256, module_side_effects, sha256, validate_source
+from agents.edits import Edit, SeenSet, apply_edits, ast_sha256, sha256, validate_source
 from agents.errors import SpecError, ValidationError
 from agents.knobs import apply_knobs, knob_values, parse_knobs, search_space
 from agents.options import AgentOptions, cli_options, llm_kwargs, load_agent_file, loop_kwargs, merge, summary
@@ -64,12 +64,14 @@ def test_validate_rejects_non_compiling_and_side_effects_and_size() -> None:
         validate_source(SRC.replace("def main() -> None:", "def main( -> None:"), SRC)
     with pytest.raises(ValidationError, match="compile"):
         validate_source(SRC + "\ndef f():\n    return\n    nonlocal x\n", SRC)
-    with pytest.raises(ValidationError, match="side effects"):
+    with pytest.raises(ValidationError, match="module level must only define things"):
         validate_source(SRC + "\nmain()\n", SRC)
-    with pytest.raises(ValidationError, match="side effects"):
+    with pytest.raises(ValidationError, match="module level must only define things"):
         validate_source(SRC + "\nfor i in range(3):\n    pass\n", SRC)
-    with pytest.raises(ValidationError, match="side effects"):
+    with pytest.raises(ValidationError, match="module level must only define things"):
         validate_source(SRC + "\nDATA = open('/etc/passwd').read()\n", SRC)
+    with pytest.raises(ValidationError, match="no module-level build_model"):  # what a runner would refuse
+        validate_source(SRC.replace("def build_model(", "def make_model("), SRC)
     with pytest.raises(ValidationError, match="limit"):
         validate_source(SRC + "#" * 300_000, SRC)
     # the runner's rule: no calls at module level, not even harmless-looking ones (a runner would refuse it)
@@ -77,10 +79,10 @@ def test_validate_rejects_non_compiling_and_side_effects_and_size() -> None:
         validate_source(SRC + "\nSEQ = int(2**8)\n", SRC)
     ok = validate_source(SRC + "\nSEQ = 2**8\n", SRC)
     assert ok.sha256 == sha256(ok.source) and ok.diff.startswith("--- a/train.py")
-    # a side effect the parent already has is the harness's business, not the proposal's
+    # one rule for agents and runners: a side effect is refused even when the parent already has it
     parent = SRC + "\nprint('hi')\n"
-    assert module_side_effects(parent)
-    validate_source(parent.replace("DEPTH = 4", "DEPTH = 5"), parent)
+    with pytest.raises(ValidationError, match="module level"):
+        validate_source(parent.replace("DEPTH = 4", "DEPTH = 5"), parent)
 
 
 def test_dedup_exact_and_normalised_ast() -> None:
