@@ -22,3 +22,27 @@ def test_bench_dashboard() -> None:
     for key in ("query_ms_timeline_first_page", "query_ms_overview", "api_ms_timeline_nothing_new",
                 "api_ms_compare", "state_json_bytes"):  # fmt: skip
         assert f"{key}:" in out, out
+
+
+def test_gpu_check_cpu_dry_run(tmp_path: Path, prepared_cache: Path) -> None:
+    """bench/gpu_check.sh end to end on the CPU: a real runner, two baselines, the figures in one JSON file
+    (MFU from a given peak, since a CPU has none)."""
+    import json
+    import math
+    import os
+
+    out = tmp_path / "gpu_check.json"
+    r = subprocess.run([str(BENCH / "gpu_check.sh"), "--cpu-dry-run", "--work-dir", str(tmp_path / "work"),
+                        "--cache-dir", str(prepared_cache), "--out", str(out), "--peak-flops", "1e12", "--threads", "1"],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    s, runs = doc["summary"], doc["runs"]
+    assert doc["mode"] == "cpu-dry-run" and s["runs_ok"] == 2 and [x["seed"] for x in runs] == [0, 1]
+    for run in runs:
+        assert run["status"] == "ok" and math.isfinite(run["val_bpb"]) and run["steps"] >= 1
+        assert run["tok_per_s"] > 0 and run["eval_s"] > 0 and run["first_step_s"] > 0
+        assert run["overhead_s"] >= 0 and run["mfu_percent"] > 0 and run["mfu_from"].startswith("gpu_check")
+        assert Path(run["log"]).is_file()
+    assert s["val_bpb_sigma"] is not None and s["compile_s_cold"] is not None and s["overhead_s_warm"] is not None
+    assert "val_bpb mean" in r.stdout and "compile s cold" in r.stdout
