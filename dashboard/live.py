@@ -54,6 +54,7 @@ class LiveState:
         self.updated = 0.0
         self._notes_seen: set[str] = set()
         self._compare_at = 0.0
+        self._compare_cost = 0.0
         self._compare_dirty = True
         self._progress_dirty = False
         self._subscribers: set[asyncio.Queue[Message | None]] = set()
@@ -158,7 +159,9 @@ class LiveState:
         items: list[Message] = []
         run_seq = self.run_seq
         for _ in range(100):  # bounded: 100 pages of 2,000 hypotheses
-            tl = await self.client.timeline(after_seq=self.cursor)
+            tl = await self.client.timeline(
+                after_seq=self.cursor, limit=10_000
+            )  # the ledger bounds its bytes
             run_seq = tl.run_seq
             for row in tl.items:
                 d = _plain(row)
@@ -170,7 +173,7 @@ class LiveState:
         if items:
             self._publish({"kind": "timeline", "items": items})
         if run_seq == self.run_seq and not items:
-            if self._compare_dirty and time.monotonic() - self._compare_at >= self.compare_every:
+            if self._compare_dirty and time.monotonic() - self._compare_at >= self._compare_interval():
                 await self._refresh_compare()
             return False
         self.run_seq = run_seq
@@ -192,14 +195,21 @@ class LiveState:
         except LedgerError as e:  # an older ledger without the agents request: the panel says so
             self.agents = None
             log.debug("agents request failed: %s", e)
-        if time.monotonic() - self._compare_at >= self.compare_every:
+        if time.monotonic() - self._compare_at >= self._compare_interval():
             await self._refresh_compare()
         self.updated = time.time()
         return True
 
+    def _compare_interval(self) -> float:
+        # compare reads every result of the run (seconds at 100k experiments): an open dashboard may keep
+        # the ledger busy with it a tenth of the time at most
+        return max(self.compare_every, 10.0 * self._compare_cost)
+
     async def _refresh_compare(self) -> None:
+        t0 = time.monotonic()
         self.compare = await self.client.compare()
         self._compare_at = time.monotonic()
+        self._compare_cost = self._compare_at - t0
         self._compare_dirty = False
         self._publish({"kind": "compare", "compare": self.compare})
 

@@ -22,6 +22,15 @@ _TIMELINE_COLS = [
 ]  # fmt: skip
 
 
+TIMELINE_REPLY_BYTES = 512 * 1024  # items per timeline reply stop here; `more` says to ask again
+TEXT_CLIP = 400
+_encoder = msgspec.msgpack.Encoder()
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= TEXT_CLIP else text[: TEXT_CLIP - 1] + "…"
+
+
 def run_seq(cur: duckdb.DuckDBPyConnection, run: str) -> int:
     """The stream sequence of the run's latest event of any kind (0 for none)."""
     row = cur.execute("SELECT coalesce(max(seq), 0) FROM events WHERE run = $1", [run]).fetchone()
@@ -47,14 +56,22 @@ def timeline(cur: duckdb.DuckDBPyConnection, req: ev.TimelineRequest) -> ev.Time
         [req.run, req.after_seq],
     ).fetchall()  # fmt: skip
     more = len(rows) > limit
-    items = []
+    items: list[ev.TimelineRow] = []
+    size = 0
     for r in rows[:limit]:
         d = dict(zip(_TIMELINE_COLS, r, strict=True))
         for k in ("model", "parent", "description", "tier", "hw_class", "reason"):
             d[k] = d[k] if d[k] is not None else ""
+        # a live view shows the start of long texts; the hypothesis request has them whole
+        d["description"], d["reason"] = _clip(d["description"]), _clip(d["reason"])
         d["tags"] = d["tags"] or []
         d["gpu_seconds"] = float(d["gpu_seconds"] or 0.0)
-        items.append(ev.TimelineRow(**d))
+        row = ev.TimelineRow(**d)
+        size += len(_encoder.encode(row))
+        if items and size > TIMELINE_REPLY_BYTES:  # a reply must fit in one NATS message (1 MiB by default)
+            more = True
+            break
+        items.append(row)
     last = items[-1].seq if items else req.after_seq
     return ev.TimelineReply(items=items, last_seq=last, run_seq=run_seq(cur, req.run), more=more)
 

@@ -190,3 +190,33 @@ async def test_no_ledger_and_refused_requests(nc: NATS, js: JetStreamContext, tm
     async with ledger(nc, tmp_path / "l.duckdb"):
         with pytest.raises(LedgerError, match="by"):
             await LedgerClient(nc, RUN).call(ev.CompareRequest(run=RUN, by="nobody"), ev.CompareReply)  # type: ignore[arg-type]
+
+
+async def test_timeline_replies_stay_small(
+    nc: NATS, js: JetStreamContext, swarm: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long texts are clipped in the timeline (whole in the hypothesis request), and a reply stops at its
+    byte budget with `more`, so it always fits in one NATS message."""
+    from ledger import watch
+
+    projector, fx = swarm
+    client = LedgerClient(nc, RUN)
+    long = "x" * 5000
+    await send(js, projector, proposal("long-1", BASE_TRAIN_PY + "\n# long\n", description=long))
+    item = next(r for r in (await client.timeline()).items if r.hypothesis_id == "long-1")
+    assert len(item.description) == watch.TEXT_CLIP and item.description.endswith("…")
+    whole = await client.hypothesis("long-1")
+    assert whole.item is not None and whole.item.description == long
+
+    monkeypatch.setattr(watch, "TIMELINE_REPLY_BYTES", 3000)  # the ledger runs in this process
+    seen: list[str] = []
+    cursor, pages = 0, 0
+    for _ in range(1000):
+        page = await client.timeline(after_seq=cursor, limit=10_000)
+        assert page.items and len(ev.encode_msg(page)) < 3000 + 2000
+        seen += [r.hypothesis_id for r in page.items]
+        cursor, pages = page.last_seq, pages + 1
+        if not page.more:
+            break
+    n = len(fx.of(ev.HypothesisProposed)) + 1
+    assert sorted(seen) == sorted({*seen}) and len(seen) == n and pages > 3
