@@ -56,7 +56,8 @@ def resolve_token(host: str, token: str | None) -> str | None:
 
 def url_of(host: str, port: int, token: str | None) -> str:
     """The address to open (with the token when one is required)."""
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    # on every address: the machine's name is what another machine can open
+    shown = socket.gethostname() if host in ("0.0.0.0", "", "::") else host
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
     return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")

@@ -290,7 +290,7 @@ def _get(
 async def test_token_read_only_and_headers(nats_server: EmbeddedServer, nc: Any, js: JetStreamContext,
                                            tmp_path: Path) -> None:  # fmt: skip
     from dashboard import DashboardConfig, DashboardError, run_dashboard
-    from dashboard.server import is_loopback, resolve_token
+    from dashboard.server import is_loopback, resolve_token, url_of
 
     # beyond loopback a token is required (a random one unless given); loopback needs none
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
@@ -300,6 +300,10 @@ async def test_token_read_only_and_headers(nats_server: EmbeddedServer, nc: Any,
     assert generated is not None and len(generated) >= 24
     with pytest.raises(DashboardError, match="at least 16"):
         resolve_token("0.0.0.0", "short")
+    import socket
+
+    assert url_of("0.0.0.0", 8765, "tok") == f"http://{socket.gethostname()}:8765/?token=tok"
+    assert url_of("::1", 80, None) == "http://[::1]:80/"
 
     token = "t" * 8 + "0123456789abcdef"
     stop = asyncio.Event()
