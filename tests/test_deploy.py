@@ -178,6 +178,15 @@ def test_compose_file_is_valid_for_docker_compose(tmp_path: Path) -> None:
     r = subprocess.run([exe, "-f", "compose.yaml", "config", "-q"], capture_output=True, text=True, cwd=committed,
                        env=env, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
+    # and the docker-sandbox variant
+    docker_dir = tmp_path / "docker-sandbox"
+    docker_dir.mkdir()
+    out, _ = _render(docker_dir, 2, "--sandbox", "docker", "--hw-class", "h100-sxm")
+    r = subprocess.run([exe, "-f", str(out), "config"], capture_output=True, text=True, cwd=docker_dir, env=env,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    svc = yaml.safe_load(r.stdout)["services"]["runner-gpu1"]
+    assert svc["environment"]["SWARM_NATS_USER"] == "runner" and "research-swarm:latest" in svc["command"]
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
