@@ -27,6 +27,7 @@ from bus.events import (
     ClassStats,
     ContextReply,
     EventDecodeError,
+    ExperimentClaimed,
     ExperimentFinished,
     ExperimentRow,
     HypothesisDecided,
@@ -38,6 +39,7 @@ from bus.events import (
     RunnerLeft,
     decode,
 )
+from bus.results import ResultFold, counts_on
 
 log = logging.getLogger("swarm.agents.tail")
 
@@ -47,7 +49,8 @@ class RunTail:
         self.js = js
         self.run = run
         self.proposals: dict[str, HypothesisProposed] = {}
-        self.finished: dict[str, ExperimentFinished] = {}  # first finished attempt per hypothesis
+        self.finished: dict[str, ExperimentFinished] = {}  # the result of each hypothesis (bus.results)
+        self.fold = ResultFold()
         self.decided: dict[str, HypothesisDecided] = {}
         self.runners: dict[str, RunnerJoined] = {}
         self.agents: dict[str, AgentJoined] = {}
@@ -81,9 +84,15 @@ class RunTail:
 
     async def _on_msg(self, msg: object) -> None:
         try:
-            self.apply(decode(msg.data))  # type: ignore[attr-defined]
+            event = decode(msg.data)  # type: ignore[attr-defined]
         except EventDecodeError as e:
             log.warning("run %s: skipping an undecodable event: %s", self.run, e)
+        else:
+            if counts_on(event, msg.subject):  # type: ignore[attr-defined]
+                self.apply(event)
+            else:
+                log.warning("run %s: skipping a %s on subject %s, where it does not belong", self.run,
+                            type(event).__name__, msg.subject)  # type: ignore[attr-defined]
         self._count += 1
         if self._count >= self._expected:
             self.caught_up.set()
@@ -97,9 +106,11 @@ class RunTail:
                 if BASELINE_TAG not in ev.tags and REPEAT_TAG not in ev.tags:
                     self.seen.add(ev.train_py_sha256, ev.ast_sha256)
             case ExperimentFinished():
-                if ev.hypothesis_id not in self.finished:
+                if self.fold.finish(ev) == "result":  # the one rule of what counts (bus.results)
                     self.finished[ev.hypothesis_id] = ev
                     self.finish_order.append(ev.hypothesis_id)
+            case ExperimentClaimed():
+                self.fold.claim(ev)
             case HypothesisDecided():
                 self.decided[ev.hypothesis_id] = ev
             case RunnerJoined():

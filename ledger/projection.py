@@ -3,7 +3,8 @@
 :func:`project` is a pure function from a batch of stream messages to column lists per table (decode,
 validate, map); :func:`apply` writes those rows and the batch's last stream sequence in one DuckDB
 transaction, dropping events whose ``event_id`` is already there and giving the new results their
-disposition from stream order (:data:`ledger.schema.DISPOSITION_SQL`).
+disposition from stream order: the one rule of :mod:`bus.results`, which the projector's incremental path calls
+and :data:`ledger.schema.DISPOSITION_SQL` mirrors for whole batches (a property test keeps them equal).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow as pa
 
 from bus import events as ev
 from bus import subjects
+from bus.results import disposition
 from ledger.schema import DISPOSITION_SQL, EXPERIMENT_COLUMNS, delete_experiments, refresh_experiments
 
 _json = msgspec.json.Encoder()
@@ -420,21 +422,12 @@ def _merge_experiments(
                     row[_S["claims"]].append(
                         {"attempt": c["attempt"][i], "runner": c["runner"][i], "seq": seq, "hw_class": c["hw_class"][i]})
                 elif kind == 2:
-                    attempt, runner, status = r["attempt"][i], r["runner"][i], r["status"][i]
-                    claims = row[_S["claims"]]
-                    claimed = status == "lost" or any(
-                        x["attempt"] == attempt and x["runner"] == runner and x["seq"] < seq for x in claims)
-                    superseded = r["late"][i] or any(x["attempt"] > attempt and x["seq"] < seq for x in claims)
-                    if not claimed:
-                        dispositions[i] = "unclaimed"
-                    elif superseded:
-                        dispositions[i] = "late"
-                    elif row[_S["status"]] is None:
-                        dispositions[i] = "result"
+                    seen = [(x["attempt"], x["runner"]) for x in row[_S["claims"]] if x["seq"] < seq]
+                    dispositions[i] = disposition(r["attempt"][i], r["runner"][i], r["status"][i], r["late"][i],
+                                                  seen, row[_S["status"]] is not None)
+                    if dispositions[i] == "result":
                         for col, src in _R_FIELDS:
                             row[_S[col]] = r[src][i]
-                    else:
-                        dispositions[i] = "duplicate"
                 else:
                     row[_S["decision"]] = d["decision"][i]
             row[_S["touched_seq"]] = seq

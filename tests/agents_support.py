@@ -17,7 +17,9 @@ from bus.events import (
     ContextReply,
     ContextRequest,
     ErrorReply,
+    ExperimentClaimed,
     ExperimentFinished,
+    Hardware,
     HypothesisProposed,
     Reply,
     SeenReply,
@@ -96,7 +98,8 @@ async def fake_runner(
     *,
     hw_class: str = "cpu",
 ) -> AsyncIterator[list[HypothesisProposed]]:
-    """Answers every proposal of the run with an ExperimentFinished (None from ``score`` = crash)."""
+    """Answers every proposal of the run like a runner does: a claim, then an ExperimentFinished (None from
+    ``score`` = crash). A finish without its claim would not count (bus.results)."""
     js = nc.jetstream()
     seen: list[HypothesisProposed] = []
 
@@ -106,6 +109,8 @@ async def fake_runner(
             return
         seen.append(ev)
         val = score(ev)
+        await publish(js, ExperimentClaimed(run=run, source="fake-runner", hypothesis_id=ev.hypothesis_id, attempt=1,
+                                            runner="fake-runner", hardware=Hardware(hw_class=hw_class)))
         await publish(
             js,
             ExperimentFinished(

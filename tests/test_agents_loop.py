@@ -191,7 +191,7 @@ async def test_llm_agent_bad_output_crashes_and_program_change(nc: NATS, js: Jet
     assert all("PROGRAM-V2" in p["system"] for p in prompts)
     second, third = prompts[1]["messages"][0]["content"], prompts[2]["messages"][0]["content"]
     assert "no tool call" in second
-    assert "search text not found" in third and "side effects" in third and "Traceback: boom" in third
+    assert "search text not found" in third and "module level" in third and "Traceback: boom" in third
     ev = await all_events(js)
     assert [n.title for n in ev.notes] == ["wave 2"]
     from bus.events import LlmUsage, decode
