@@ -3,79 +3,9 @@
 // put in the page as text nodes, never as HTML.
 "use strict";
 (() => {
-  const GREY = "rgba(110,110,110,0.7)", GREEN = "#2e9b4f", RED = "#d9534f";
-  const COLOURS = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
-    "#2ca02c", "#d62728"];
-  const FAILED = new Set(["crash", "timeout", "oom", "nan", "rejected", "lost", "over_budget"]);
-  const S = { run: "", rows: new Map(), overview: null, notes: [], agents: null, compare: null, progress: {},
-    error: null, skew: 0, connected: false, appeared: 0 };
+  const { GREY, GREEN, RED, COLOURS, S, el, $, bpb, now, dur, clock, short, hlink, failed, isBaseline, statusCell,
+    table, section, fill, baselineMean, banner, setConn } = window.swarm;
   const charts = new Map(); // key -> {u, meta, box}
-
-  // ------------------------------------------------------------------------------------------------
-  // small helpers
-
-  function el(tag, attrs, ...kids) {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (v == null || v === false) continue;
-      if (k === "class") e.className = v;
-      else if (k === "text") e.textContent = v;
-      else if (k === "style") Object.assign(e.style, v);
-      else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-      else if (k.startsWith("data_")) e.dataset[k.slice(5)] = v;
-      else e.setAttribute(k, v);
-    }
-    for (const kid of kids.flat()) if (kid != null && kid !== false) e.append(kid instanceof Node ? kid : String(kid));
-    return e;
-  }
-  const $ = (id) => document.getElementById(id);
-  const bpb = (v) => (v == null ? "—" : Number(v).toFixed(4));
-  const now = () => Date.now() / 1000 - S.skew;
-  function dur(s) {
-    if (s == null || !isFinite(s)) return "—";
-    s = Math.max(0, Math.round(s));
-    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
-    return h ? `${h}h ${String(m).padStart(2, "0")}m` : m ? `${m}m ${String(sec).padStart(2, "0")}s` : `${sec}s`;
-  }
-  const clock = (ts) => (ts ? new Date(ts * 1000).toLocaleTimeString([], { hour12: false }) : "—");
-  const short = (t, n) => { t = (t || "").split(/\s+/).join(" "); return t.length <= n ? t : t.slice(0, n - 1) + "…"; };
-  const hlink = (hid, text) => el("a", { href: "/h/" + encodeURIComponent(hid), data_hid: hid }, text || hid);
-  const failed = (r) => r.status != null && !(r.status === "ok" && r.val_bpb != null);
-  const isBaseline = (r) => r.agent === "baseline" || (r.tags || []).includes("baseline");
-  function statusCell(r) {
-    if (r.status == null) return el("span", { class: "st-pending" }, "pending");
-    return el("span", { class: r.status === "ok" ? "st-ok" : "st-bad" }, r.status);
-  }
-  function table(headers, rows, opts) {
-    const head = el("tr", {}, headers.map((h) => el("th", { class: h.num ? "num" : null, title: h.title || null }, h.label || h)));
-    const body = rows.map((cells) => el("tr", {}, cells.map((c, i) =>
-      el("td", { class: headers[i].num ? "num" : null }, c instanceof Node ? c : String(c ?? "—")))));
-    const t = el("table", opts || {}, el("thead", {}, head), el("tbody", {}, body));
-    return t;
-  }
-  function section(id, title, ...kids) {
-    return el("section", { id }, el("h2", {}, title), el("div", { id: id + "-body" }, ...kids));
-  }
-  function fill(id, ...kids) {
-    const box = $(id);
-    if (box) box.replaceChildren(...kids.flat().filter((k) => k != null));
-  }
-  function baselineMean(cls) {
-    const s = (S.overview?.stats || []).find((x) => x.hw_class === cls);
-    return s ? s.baseline_mean : null;
-  }
-  function banner() {
-    const b = $("banner");
-    const msg = S.error || S.pageError;
-    if (S.connected) setConn(S.error ? "down" : "live", S.error ? "live · no ledger" : "live");
-    b.hidden = !msg;
-    b.textContent = msg || "";
-  }
-  function setConn(kind, text) {
-    const c = $("conn");
-    c.className = "conn " + kind;
-    c.textContent = text;
-  }
 
   // ------------------------------------------------------------------------------------------------
   // live data
@@ -180,6 +110,9 @@
     tip.style.top = (r.top + u.cursor.top + 14) + "px";
     tip.hidden = false;
   }
+
+  // as many decimals as a tick increment has (0.25 -> 2), at most 6
+  const decimalsOf = (incr) => Math.min(6, (String(Number((incr || 1).toPrecision(6))).split(".")[1] || "").length);
 
   // a y range around the data with a margin (uPlot's default for one value is [0, 2v]: unreadable)
   function padRange(u, min, max) {
@@ -340,7 +273,7 @@
       width, height: 260, legend: { show: true, live: true },
       scales: { x: { time: mode === "wall" }, y: { range: padRange } },
       axes: [mode === "wall" ? { label: "wall-clock time" } : { label: "GPU-hours used by the agent",
-          values: (u, vals, ax, space, incr) => vals.map((v) => v.toFixed(Math.max(0, Math.min(6, -Math.floor(Math.log10(incr || 1)))))) },
+          values: (u, vals, ax, space, incr) => vals.map((v) => v.toFixed(decimalsOf(incr))) },
         { label: "best val_bpb", size: 64, values: (u, vals) => vals.map((v) => v.toFixed(3)) }],
       series: [{ label: mode === "wall" ? "time" : "GPU-h", value: (u, v) => (v == null ? "—" : mode === "wall" ? clock(v) : v.toFixed(3)) },
         ...curves.map((c, i) => ({ label: c.agent, stroke: COLOURS[i % COLOURS.length], width: 2,
@@ -541,92 +474,8 @@
     },
   };
 
-  // ------------------------------------------------------------------------------------------------
-  // the hypothesis page
-
-  // the last line of a log tail that names an error (a traceback's last line, FAIL:, out of memory)
-  function errorLine(finish) {
-    const lines = (finish?.log_tail || "").split("\n").map((l) => l.trim()).filter(Boolean);
-    for (let i = lines.length - 1; i >= 0; i--) {
-      if (/(Error|Exception|FAIL|out of memory|Killed)\b/.test(lines[i])) return short(lines[i], 300);
-    }
-    return "";
-  }
-
-  function hypothesisView(hid) {
-    let last = null, logKey = null, logText = "", logSource = "";
-    const load = async () => {
-      const res = await fetch("/api/hypothesis/" + encodeURIComponent(hid));
-      const body = await res.json();
-      if (!res.ok) { fill("main", el("section", {}, el("h2", {}, hid), el("p", { class: "reason" }, body.error || res.statusText))); return; }
-      last = body;
-      const result = draw();
-      if (result) loadLog(logKey ?? result.attempt); // (again: a running attempt's log grows, then finishes)
-    };
-    const showLog = () => {
-      const pre = $("log"), src = $("log-source");
-      if (!pre || (!logText && !logSource)) return;
-      pre.textContent = logText;
-      src.textContent = logSource;
-      pre.scrollTop = pre.scrollHeight;
-    };
-    const loadLog = async (attempt) => {
-      logKey = attempt;
-      if ($("log")) $("log").textContent = "loading…";
-      const res = await fetch(`/api/log/${encodeURIComponent(hid)}/${attempt}`);
-      logText = await res.text();
-      logSource = res.ok ? `attempt ${attempt} · from ${res.headers.get("X-Log-Source") || "?"}` : "";
-      showLog();
-    };
-    const draw = () => {
-      const { item: it, attempts, decisions } = last;
-      const finishes = attempts.filter((a) => a.kind === "finish");
-      const result = finishes.find((a) => a.disposition === "result") || finishes[finishes.length - 1];
-      const bm = it.ran_on ? baselineMean(it.ran_on) : null;
-      const bad = it.status != null && it.status !== "ok";
-      fill("nav", el("a", { href: "/" }, "← dashboard"), it.parent && it.parent !== "baseline" ? el("a", { href: "/h/" + encodeURIComponent(it.parent) }, "parent") : null);
-      const diffLines = (last.diff || "(no diff: identical to its parent, or none recorded)").split("\n").map((l) =>
-        el("span", { class: l.startsWith("+++") || l.startsWith("---") ? "file" : l.startsWith("+") ? "add" : l.startsWith("-") ? "del" : l.startsWith("@@") ? "hunk" : null }, l + "\n"));
-      fill("main",
-        el("section", { id: "hyp" }, el("h2", {}, it.hypothesis_id,
-          el("span", { class: "badge " + (it.status == null ? "" : bad ? "bad" : "ok"), id: "hyp-status" }, it.status || "pending"),
-          it.decision ? el("span", { class: "badge " + (it.decision === "keep" ? "keep" : "") }, it.decision) : null),
-        el("div", { class: "desc", id: "hyp-desc" }, it.description || "(no description)"),
-        bad ? el("div", { class: "reason", id: "hyp-reason" }, el("b", {}, `${it.status}: `), it.reason || "the runner gave no reason",
-          errorLine(result) ? el("div", {}, el("code", {}, errorLine(result))) : null,
-          el("div", { class: "muted" }, "The log below shows the output; the attempts table shows every claim and finish.")) : null,
-        el("dl", { class: "kv" },
-          el("dt", {}, "agent"), el("dd", {}, it.agent + (it.model ? ` (${it.model})` : "")),
-          el("dt", {}, "parent"), el("dd", {}, it.parent && it.parent !== "baseline" ? hlink(it.parent) : "baseline"),
-          el("dt", {}, "val_bpb"), el("dd", {}, bpb(it.val_bpb), bm != null && it.val_bpb != null ? ` (${(it.val_bpb - bm >= 0 ? "+" : "")}${(it.val_bpb - bm).toFixed(4)} vs the ${it.ran_on} baseline mean ${bpb(bm)})` : ""),
-          el("dt", {}, "class"), el("dd", {}, `${it.hw_class || "any"} requested · ran on ${it.ran_on || "—"}${it.runner ? " · " + it.runner : ""}`),
-          el("dt", {}, "tier"), el("dd", {}, it.tier + ((it.tags || []).length ? " · tags: " + it.tags.join(", ") : "")),
-          el("dt", {}, "time"), el("dd", {}, `proposed ${clock(it.proposed_ts)}${it.finished_ts ? " · finished " + clock(it.finished_ts) : ""} · training ${dur(it.training_seconds)} · total ${dur(it.total_seconds)}`),
-          el("dt", {}, "attempts"), el("dd", {}, String(it.attempts)),
-          last.children.length ? el("dt", {}, "built on by") : null, last.children.length ? el("dd", {}, last.children.slice(0, 30).flatMap((c, i) => [i ? ", " : "", hlink(c)]),
-            last.children.length > 30 ? ` and ${last.children.length - 30} more` : "") : null)),
-        el("section", {}, el("h2", {}, "Rationale"), last.rationale ? el("pre", {}, last.rationale) : el("p", { class: "empty" }, "none given")),
-        el("section", {}, el("h2", {}, `Diff against ${last.diff_base === "as proposed" ? "its parent (as proposed; the parent's train.py is not in the ledger)" : last.diff_base}`),
-          el("pre", { class: "diff", id: "hyp-diff" }, diffLines)),
-        el("section", {}, el("h2", {}, "Attempts"), attempts.length ? table(["", "attempt", "runner", "time", "status", "disposition", "val_bpb", "reason", "log"],
-          attempts.map((a) => [a.kind, a.attempt, a.runner, clock(a.ts), a.kind === "finish" ? statusCell(a) : "—", a.disposition || "—", bpb(a.val_bpb),
-            a.reason || "—", a.kind === "finish" ? el("button", { class: "link", onclick: () => loadLog(a.attempt) }, "show log") : ""])) : el("p", { class: "empty" }, "not claimed yet")),
-        decisions.length ? el("section", {}, el("h2", {}, "Decisions"), table(["time", "decision", "by", "reason", { label: "val_bpb", num: 1 }, { label: "reference", num: 1 }, { label: "σ", num: 1 }],
-          decisions.map((d) => [clock(d.ts), d.decision, d.by, d.reason || "—", bpb(d.val_bpb), bpb(d.reference_val_bpb), bpb(d.sigma)]))) : null,
-        el("section", {}, el("h2", {}, "Log"), el("div", { class: "muted", id: "log-source" }), el("pre", { class: "log", id: "log" }, result ? "" : "no log yet: it has not finished")),
-        el("section", {}, el("details", {}, el("summary", {}, "train.py"), el("pre", {}, last.train_py || "(not recorded)"))));
-      showLog();
-      return result;
-    };
-    return {
-      init() { fill("main", el("p", { class: "empty" }, "loading " + hid + "…")); load(); },
-      render(parts) { if (last && (parts.has("all") || parts.has("overview"))) draw(); },
-      onRows(items) { if (items.some((r) => r.hypothesis_id === hid)) load(); },
-    };
-  }
-
   const m = location.pathname.match(/^\/h\/(.+)$/);
-  const view = m ? hypothesisView(decodeURIComponent(m[1])) : dashboard;
+  const view = m ? window.swarm.hypothesisView(decodeURIComponent(m[1])) : dashboard;
   view.init();
   connect();
 })();
