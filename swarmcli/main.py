@@ -446,9 +446,11 @@ def replay(nats_url: str, db: Path, archive: Path | None, since: str | None) -> 
 
 from swarmcli.deploy import deploy  # noqa: E402  (`swarm deploy compose`)
 from swarmcli.read import dashboard, logs, notebook, status  # noqa: E402  (the read commands)
+from swarmcli.simulate import simulate  # noqa: E402  (`swarm simulate`)
 from swarmcli.up import up  # noqa: E402  (registers `swarm up`)
 
 cli.add_command(up)
+cli.add_command(simulate)
 cli.add_command(deploy)
 for _command in (status, logs, notebook, dashboard):
     cli.add_command(_command)

@@ -237,3 +237,10 @@ async def test_the_executor_plays_the_run_out_on_the_nodes_class(
         assert ev.status == "ok" and ev.val_bpb == LAND.val_bpb(source, hw, 300, job.seed)
         assert plan.val_bpb is not None and ev.val_bpb is not None
         assert abs(ev.val_bpb - plan.val_bpb) < 6 * CLASSES[hw].sigma
+
+
+def test_knob_lines_read_like_the_whole_file() -> None:
+    from runner.executors.landscape import read_knobs, scan
+
+    for source in (TRAIN_PY, _edited(1), TRAIN_PY.replace("MATRIX_LR = 0.04", "MATRIX_LR = 2 ** -5")):
+        assert read_knobs(source, scan(source).knob_lines) == parse_knobs(source)

@@ -431,6 +431,8 @@ _DEF = re.compile(r"^(?:async\s+)?(def|class)\s+([A-Za-z_][A-Za-z0-9_]*)")
 
 def _strip_comment(line: str) -> str:
     """``line`` without its ``# comment`` (quotes on the line respected)."""
+    if "#" not in line:
+        return line
     quote = ""
     for i, ch in enumerate(line):
         if quote:
@@ -443,12 +445,20 @@ def _strip_comment(line: str) -> str:
     return line
 
 
-def code_statements(source: str) -> dict[str, str]:
-    """Normalised text → name (``def f``, ``class C``, ``import``...) of each top-level statement that is
-    code. Knob lines, docstrings, comments, blank lines and spacing are left out, so only a change that
-    could change what runs counts as an edit. Text, not ``ast``: a parse of train.py costs ~10 ms, this
-    ~1 ms, and the fleet runs it once per experiment."""
+@dataclass(frozen=True)
+class Scan:
+    """One pass over a train.py's text: its code statements and its knob lines."""
+
+    code: dict[str, str]  # normalised text -> name (``def f``, ``class C``, ``import``...)
+    knob_lines: str  # the top-level one-line ``UPPER_CASE = ...`` statements, as written
+
+
+def scan(source: str) -> Scan:
+    """The top-level statements of ``source``: code (knob lines, docstrings, comments, blank lines and
+    spacing left out, so only a change that could change what runs counts as an edit) and the knob lines.
+    Text, not ``ast``: parsing train.py costs ~10 ms, this ~1 ms, and a fleet does it once per experiment."""
     blocks: list[list[str]] = []
+    raws: list[str] = []  # the first raw line of each block
     depth, in_doc, cont = 0, "", False
     for raw in source.splitlines():
         stripped = raw.strip()
@@ -467,18 +477,37 @@ def code_statements(source: str) -> dict[str, str]:
         top = not raw[:1].isspace() and depth == 0 and not cont
         if top and not (blocks and blocks[-1][-1].startswith("@")):
             blocks.append([line])
+            raws.append(raw)
         elif blocks:
             blocks[-1].append(line)
         depth = max(0, depth + sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}"))
         cont = line.endswith("\\")
-    out: dict[str, str] = {}
-    for b in blocks:
+    code: dict[str, str] = {}
+    knob_lines: list[str] = []
+    for b, raw in zip(blocks, raws, strict=True):
         if _KNOB_LINE.match(b[0]):
+            if len(b) == 1:
+                knob_lines.append(raw)
             continue
         head = next((ln for ln in b if not ln.startswith("@")), b[0])
         m = _DEF.match(head)
-        out["\n".join(b)] = f"{m.group(1)} {m.group(2)}" if m else head.split(" ", 1)[0]
-    return out
+        code["\n".join(b)] = f"{m.group(1)} {m.group(2)}" if m else head.split(" ", 1)[0]
+    return Scan(code, "\n".join(knob_lines) + "\n")
+
+
+def code_statements(source: str) -> dict[str, str]:
+    """Normalised text → name of each top-level code statement of ``source`` (see :func:`scan`)."""
+    return scan(source).code
+
+
+def read_knobs(source: str, lines: str | None = None) -> dict[str, Any]:
+    """train.py's knobs through the one knob parser, fed only the knob lines when they parse on their own
+    (the same single-line statements it would pick from the whole file, at a twentieth of the cost)."""
+    if lines is not None and lines.strip():
+        knobs = parse_knobs(lines)
+        if knobs:
+            return knobs
+    return parse_knobs(source)
 
 
 @dataclass(frozen=True)
@@ -587,8 +616,9 @@ class Landscape:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        effect = code_effect(code_statements(source), self.reference_code)
-        res = self.evaluate(parse_knobs(source), hw, budget_seconds, effect)
+        sc = scan(source)
+        effect = code_effect(sc.code, self.reference_code)
+        res = self.evaluate(read_knobs(source, sc.knob_lines), hw, budget_seconds, effect)
         self._cache[key] = res
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
