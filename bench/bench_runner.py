@@ -1,51 +1,56 @@
-"""Runner benchmarks (by hand): dispatch latency and duty cycle. Prints its figures.
+"""Runner benchmarks (by hand; ``--smoke`` for CI): dispatch latency, and the per-experiment overhead and
+budget enforcement of a real runner on the real harness. Prints its figures.
 
     .venv/bin/python bench/bench_runner.py latency [--n 200]
-    .venv/bin/python bench/bench_runner.py duty [--n 10 --budget 60]   # real harness, process executor
-    .venv/bin/python bench/bench_runner.py all
+    .venv/bin/python bench/bench_runner.py duty [--n 6 --budget 65536 --threads 2]
+    .venv/bin/python bench/bench_runner.py baselines [--n 20 --load 2]   # false positives under CPU load
+    .venv/bin/python bench/bench_runner.py --smoke
 
-* latency: publish -> claim on an idle queue (one item at a time, the runner long-polling), measured as
-  the time from the HypothesisProposed publish to receiving the runner's ExperimentClaimed on a core
-  subscription (so it includes the claim's own publish). Simulated executor, tiny time_scale.
-* duty: one runner, a queue of ``n`` baseline train.py experiments (the repo's harness, CPU profile,
-  ``budget`` s each); duty cycle = sum of training_seconds / wall seconds from the first claim to the last
-  result; overhead per experiment = (wall - training) / n.
+* latency: publish -> claim on an idle queue (one item at a time, the runner long-polling), measured from
+  the HypothesisProposed publish to receiving the runner's ExperimentClaimed. Simulated executor.
+* duty: one runner (process executor, namespace sandbox), a queue of ``n`` unmodified train.py runs on the
+  cpu profile. Per experiment: overhead = total - training (the runner's own clocks: process start, data,
+  saving, the trusted evaluation with its two model processes), the evaluation's seconds and the share of
+  it spent on causality twins; duty cycle = training / wall. σ of val_bpb over the seeds.
+* baselines: ``n`` unmodified runs with ``load`` busy processes competing for the CPUs: how many end
+  ``over_budget`` or ``noncausal`` (the goal is none: the runner's budget clock must not punish load).
 
-No GPU here: GPU figures are not measured by this script on a CPU machine.
+No GPU here: GPU figures come from bench/gpu_check.sh on a GPU machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without install
 
 from bus import EmbeddedServer, connect, publish, setup
-from bus.events import ExperimentClaimed, ExperimentFinished, HypothesisProposed, decode, new_event_id
+from bus.events import (
+    ExperimentClaimed,
+    ExperimentFinished,
+    HypothesisProposed,
+    RunnerJoined,
+    decode,
+    new_event_id,
+)
+from bus.trainpy import sha256
 from runner.config import REPO_ROOT, RunnerConfig
-from runner.contract import sha256
 from runner.daemon import Runner
 
 RUN = "bench"
 
 
 def hyp(source: str, seed: int = 0) -> HypothesisProposed:
-    return HypothesisProposed(
-        run=RUN,
-        source="bench",
-        hypothesis_id=new_event_id(),
-        agent="bench",
-        train_py=source,
-        train_py_sha256=sha256(source),
-        hw_class="cpu",
-        seed=seed,
-    )
+    return HypothesisProposed(run=RUN, source="bench", hypothesis_id=new_event_id(), agent="bench", train_py=source,
+                              train_py_sha256=sha256(source), hw_class="cpu", seed=seed)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -53,128 +58,124 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
-async def bench_latency(n: int, prefetch: bool = True) -> None:
+async def bench_latency(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(Path(tmp) / "js") as server:
         nc = await connect(server.url, name="bench")
         js = nc.jetstream()
         await setup(js)
-        cfg = RunnerConfig(
-            nats_urls=(server.url,),
-            run=RUN,
-            runner_id="bench",
-            hw_class="cpu",
-            executor="simulated",
-            state_dir=Path(tmp) / "state",
-            calibrate=False,
-            time_scale=0.0005,
-            max_budget=1.0,
-            fetch_timeout=5.0,
-            prefetch=prefetch,
-        )
+        cfg = RunnerConfig(nats_urls=(server.url,), run=RUN, runner_id="lat", hw_class="cpu", executor="simulated",
+                           state_dir=Path(tmp) / "state", calibrate=False, max_budget=0.01, time_scale=0.01,
+                           fetch_timeout=5.0)
         stop = asyncio.Event()
-        runner_nc = await connect(server.url, name="bench-runner")
-        runner = Runner(runner_nc, cfg)
-        task = asyncio.create_task(runner.run(stop))
-        claimed: asyncio.Queue[float] = asyncio.Queue()
-        finished: asyncio.Queue[float] = asyncio.Queue()
+        task = asyncio.create_task(Runner(nc, cfg).run(stop))
+        claimed: dict[str, float] = {}
+        got = asyncio.Event()
 
-        async def on_evt(msg: object) -> None:
-            ev = decode(msg.data)  # type: ignore[attr-defined]
+        async def on_claim(msg: Any) -> None:
+            ev = decode(msg.data)
             if isinstance(ev, ExperimentClaimed):
-                claimed.put_nowait(time.perf_counter())
-            elif isinstance(ev, ExperimentFinished):
-                finished.put_nowait(time.perf_counter())
+                claimed[ev.hypothesis_id] = time.perf_counter()
+                got.set()
 
-        await nc.subscribe(f"swarm.{RUN}.evt.>", cb=on_evt)
-        src = (
-            (REPO_ROOT / "train.py").read_text()
-            if (REPO_ROOT / "train.py").exists()
-            else "X = 1\ndef build_model(c): ...\n"
-        )
+        sub = await nc.subscribe(f"swarm.{RUN}.evt.claimed", cb=on_claim)
+        await asyncio.sleep(1.0)  # the runner joins and starts long-polling
         lat: list[float] = []
-        for i in range(n + 5):
-            await asyncio.sleep(0.05)  # idle: the runner is long-polling
+        for i in range(n):
+            got.clear()
+            h = hyp("X = 1\ndef build_model(c): ...\n" + f"# {i}\n")
             t0 = time.perf_counter()
-            await publish(js, hyp(src, seed=i))
-            t1 = await asyncio.wait_for(claimed.get(), 30)
-            await asyncio.wait_for(finished.get(), 30)
-            if i >= 5:  # warm-up
-                lat.append((t1 - t0) * 1000)
+            await publish(js, h)
+            await asyncio.wait_for(got.wait(), 30)
+            lat.append((claimed[h.hypothesis_id] - t0) * 1000)
+            await asyncio.sleep(0.05)  # let the (tiny) experiment finish: the queue is idle at each publish
+        await sub.unsubscribe()
         stop.set()
         await task
-        await runner_nc.close()
         await nc.close()
-    print(
-        f"dispatch latency publish->claim, idle queue, prefetch={prefetch}, n={len(lat)}: "
-        f"p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms, max {max(lat):.2f} ms"
-    )
+    print(f"dispatch publish -> claim, idle queue, n={n}: p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms")
 
 
-async def bench_duty(n: int, budget: float, threads: int | None) -> None:
+def _burn(stop_at: float) -> None:
+    while time.time() < stop_at:
+        pass
+
+
+async def bench_real(n: int, budget: int, threads: int, load: int, cache: Path | None, label: str) -> dict[str, Any]:
+    """``n`` unmodified train.py through a real runner (calibrated), optionally with ``load`` busy processes."""
     source = (REPO_ROOT / "train.py").read_text()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServer(Path(tmp) / "js") as server:
         nc = await connect(server.url, name="bench")
         js = nc.jetstream()
         await setup(js)
-        cfg = RunnerConfig(
-            nats_urls=(server.url,),
-            run=RUN,
-            runner_id="bench",
-            hw_class="cpu",
-            profile="cpu",
-            executor="process",
-            state_dir=Path(tmp) / "state",
-            calibrate=False,
-            budget_seconds=budget,
-            burst=True,
-            fetch_timeout=1.0,
-            threads=threads,
-            ack_wait=120.0,
-        )
-        runner_nc = await connect(server.url, name="bench-runner")
-        runner = Runner(runner_nc, cfg)
-        t_setup = time.perf_counter()
-        await runner.start()  # node preparation (cached data) happens here, outside the measured window
-        setup_s = time.perf_counter() - t_setup
         for i in range(n):
-            await publish(js, hyp(source, seed=i))
-        t0 = time.perf_counter()
-        runner.start = _noop  # type: ignore[method-assign]
-        await runner.run(asyncio.Event())
-        wall = time.perf_counter() - t0
-        await runner_nc.close()
+            await publish(js, hyp(source, seed=i % 3))
+        cfg = RunnerConfig(nats_urls=(server.url,), run=RUN, runner_id="duty", hw_class="cpu", executor="process",
+                           state_dir=Path(tmp) / "state", cache_dir=cache, calibrate=True, burst=True,
+                           max_budget=budget, threads=threads, fetch_timeout=0.5)
+        burners: list[multiprocessing.Process] = []
+        if load:
+            stop_at = time.time() + 24 * 3600
+            burners = [multiprocessing.Process(target=_burn, args=(stop_at,), daemon=True) for _ in range(load)]
+            for b in burners:
+                b.start()
+        t0 = time.monotonic()
+        try:
+            await Runner(nc, cfg).run(asyncio.Event())
+        finally:
+            for b in burners:
+                b.terminate()
+                b.join()
+        wall = time.monotonic() - t0
+        evs = []
+        info = await js.stream_info("SWARM_EVENTS")
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            evs.append(decode((await js.get_msg("SWARM_EVENTS", seq)).data or b""))
         await nc.close()
-    results = [e for e in runner.published if isinstance(e, ExperimentFinished)]
-    train = sum(e.training_seconds for e in results)
-    statuses = [e.status for e in results]
-    vals = [e.val_bpb for e in results if e.val_bpb is not None]
-    print(
-        f"duty cycle, {len(results)} CPU experiments x {budget:g} s budget, 1 runner: "
-        f"{100 * train / wall:.1f} % (training {train:.1f} s / wall {wall:.1f} s); "
-        f"overhead {(wall - train) / max(1, len(results)):.2f} s per experiment; node setup {setup_s:.1f} s"
-    )
-    print(f"  statuses {statuses}; val_bpb {[round(v, 4) for v in vals]}")
-    if len(vals) > 1:
-        print(f"  val_bpb mean {statistics.mean(vals):.4f} sigma {statistics.stdev(vals):.4f}")
-    print("  (GPU: not measured, no GPU on this machine)")
-
-
-async def _noop() -> None:
-    return None
+    fins = [e for e in evs if isinstance(e, ExperimentFinished)]
+    cal = next(e.calibration for e in evs if isinstance(e, RunnerJoined))
+    ok = [f for f in fins if f.status == "ok"]
+    statuses = {s: sum(f.status == s for f in fins) for s in sorted({f.status for f in fins})}
+    over = [f.total_seconds - f.training_seconds for f in ok]
+    evals = [f.eval_seconds for f in ok]
+    train = sum(f.training_seconds for f in ok)
+    vals = [f.val_bpb for f in ok if f.val_bpb is not None]
+    out = {
+        "label": label, "n": n, "budget_tokens": budget, "threads": threads, "load": load, "statuses": statuses,
+        "calibration_training_s": cal.training_seconds if cal else None,
+        "overhead_s_mean": statistics.mean(over) if over else None,
+        "overhead_s_stdev": statistics.stdev(over) if len(over) > 1 else 0.0,
+        "eval_s_mean": statistics.mean(evals) if evals else None,
+        "training_s_mean": train / len(ok) if ok else None,
+        "duty_cycle": train / wall if wall else 0.0,
+        "val_bpb_mean": statistics.mean(vals) if vals else None,
+        "val_bpb_sigma_across_3_seeds": statistics.stdev(vals) if len(vals) > 1 else None,
+    }  # fmt: skip
+    for k, v in out.items():
+        print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+    return out
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["latency", "duty", "all"], nargs="?", default="all")
-    p.add_argument("--n", type=int, default=None)
-    p.add_argument("--budget", type=float, default=60.0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-prefetch", action="store_true")
-    a = p.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", nargs="?", choices=["latency", "duty", "baselines", "all"], default="all")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--budget", type=int, default=65536, help="tokens per experiment (the cpu profile's default)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--load", type=int, default=2, help="busy processes during `baselines`")
+    ap.add_argument("--cache-dir", type=Path, default=None, help="prepared data (default: ~/.cache/swarm)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (CI)")
+    a = ap.parse_args()
+    if a.smoke:
+        asyncio.run(bench_latency(5))
+        res = asyncio.run(bench_real(2, 2048, 1, 1, a.cache_dir, "smoke"))
+        assert res["statuses"] == {"ok": 2}, res
+        return
     if a.what in ("latency", "all"):
-        asyncio.run(bench_latency(a.n or 200, prefetch=not a.no_prefetch))
+        asyncio.run(bench_latency(a.n or 200))
     if a.what in ("duty", "all"):
-        asyncio.run(bench_duty(a.n or 10, a.budget, a.threads))
+        asyncio.run(bench_real(a.n or 6, a.budget, a.threads, 0, a.cache_dir, "duty"))
+    if a.what in ("baselines", "all"):
+        asyncio.run(bench_real(a.n or 20, a.budget, a.threads, a.load, a.cache_dir, "baselines under load"))
 
 
 if __name__ == "__main__":

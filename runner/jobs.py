@@ -4,8 +4,8 @@ the step environment: what each step sees, its variables, its limits).
     job_dir/            the runner's (0700): nothing here is mounted whole
       work/             training's cwd and only writable place: train.py, prepare.py (pristine), out/, tmp/
       eval/             the model process's cwd, read-only to it: the verified train.py, pristine prepare.py
-      train.log         the full log of both steps
-    /tmp/swarm-XXXX/    feed.sock (training data) and eval.sock (the trusted evaluation), read-only mount:
+      train.log         the full log of every step
+    /tmp/swarm-XXXX/    feed.sock (training data), eval-<k>.sock (the trusted evaluation), read-only mount:
                         a socket's path must stay under 108 bytes, whatever the state dir
 
 The training step sees: the interpreter, the venv, the harness package, the data view (tokenizer and meta,
@@ -81,19 +81,23 @@ def remove_job(job: Job) -> None:
         shutil.rmtree(job.state["sock_dir"], ignore_errors=True)
 
 
-def _interpreter_mounts(python: str) -> list[Mount]:
-    """The interpreter's installation, the venv and the harness package (editable installs import it from
-    the repo): what `import torch, prepare, harness` needs, and nothing else of the repo or the home."""
-    paths = [Path(sys.base_prefix), Path(sys.prefix)]
-    if python and Path(python).resolve() != Path(sys.executable).resolve():
-        paths.append(Path(python).resolve().parent.parent)
-    paths.append(Path(harness.__file__).resolve().parent)
+def interpreter(config: RunnerConfig) -> tuple[str, list[Mount]]:
+    """The interpreter a step runs and what must be mounted for it: for the process executor (or a docker
+    executor told to use this host's interpreter, as the tests do) the interpreter's installation, the venv
+    and the harness package (editable installs import it from the repo) — what `import torch, prepare,
+    harness` needs, and nothing else of the repo or the home; for the docker executor with the image's own
+    interpreter, nothing (the image holds the project)."""
+    if config.executor == "docker" and not Path(config.docker_python).is_absolute():
+        return config.docker_python, []
+    python = config.docker_python if config.executor == "docker" else (config.python or sys.executable)
+    paths = [Path(sys.base_prefix), Path(sys.prefix), Path(python).resolve().parent.parent,
+             Path(harness.__file__).resolve().parent]
     out: list[Mount] = []
     for p in paths:
         p = p.resolve()
         if p != Path("/") and all(m.path != p for m in out):
             out.append(Mount(p))
-    return out
+    return python, out
 
 
 def _base_env(config: RunnerConfig, node: NodeData, job: Job, gpu: str | None, peak_flops: float | None) -> dict[str, str]:
@@ -136,25 +140,26 @@ def train_step(config: RunnerConfig, node: NodeData, job: Job, *, gpu: str | Non
         "SWARM_BUDGET_UNIT": job.budget_unit,
         "SWARM_SEED": str(job.seed),
     })
-    mounts = [*_interpreter_mounts(config.python), Mount(node.data_view), Mount(job.sock_dir),
-              Mount(job.work_dir, writable=True)]
-    return Step(name=name, argv=[config.python or sys.executable, "-s", "-u", "train.py"], cwd=job.work_dir, env=env,
+    python, mounts = interpreter(config)
+    mounts += [Mount(node.data_view), Mount(job.sock_dir), Mount(job.work_dir, writable=True)]
+    return Step(name=name, argv=[python, "-s", "-u", "train.py"], cwd=job.work_dir, env=env,
                 mounts=mounts, timeout=job.train_timeout, log_path=job.log_path,
                 limits=_limits(config, job.train_timeout), hidden=list(node.hidden), gpu=gpu,
                 header=f"[runner] {name} {job.hypothesis_id} attempt {job.attempt}, budget "
                        f"{Budget(job.budget_unit, job.budget_seconds)}, seed {job.seed}")
 
 
-def model_step(config: RunnerConfig, node: NodeData, job: Job, *, gpu: str | None = None) -> Step:
-    """The model process of the trusted evaluation: train.py's model answers input rows with logits."""
+def model_step(config: RunnerConfig, node: NodeData, job: Job, shard: int, *, gpu: str | None = None) -> Step:
+    """One model process of the trusted evaluation (``shard`` of them run, each in its own sandbox):
+    train.py's model answers input rows with logits on the socket eval-<shard>.sock."""
     env = _base_env(config, node, job, gpu, None)
     out = job.work_dir / "out"
-    mounts = [*_interpreter_mounts(config.python), Mount(node.data_view), Mount(job.sock_dir), Mount(job.eval_dir),
-              Mount(out)]
-    argv = [config.python or sys.executable, "-s", "-u", "-m", "harness.model_server",
+    python, mounts = interpreter(config)
+    mounts += [Mount(node.data_view), Mount(job.sock_dir), Mount(job.eval_dir), Mount(out)]
+    argv = [python, "-s", "-u", "-m", "harness.model_server",
             "--train-py", str(job.eval_dir / "train.py"), "--model-dir", str(out),
-            "--socket", str(job.sock_dir / "eval.sock")]  # fmt: skip
+            "--socket", str(job.sock_dir / f"eval-{shard}.sock")]  # fmt: skip
     env["TMPDIR"] = env["HOME"] = "/tmp"  # its cwd is read-only; in the sandbox /tmp is private
     return Step(name="model", argv=argv, cwd=job.eval_dir, env=env, mounts=mounts, timeout=job.eval_timeout,
                 log_path=job.log_path, limits=_limits(config, job.eval_timeout), hidden=list(node.hidden), gpu=gpu,
-                header="[runner] trusted evaluation: model process")
+                header=f"[runner] trusted evaluation: model process {shard}")

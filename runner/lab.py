@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -181,44 +182,60 @@ class RealLab:
             TrustedEvaluator, self.node.val_dir, seq_len=spec.max_seq_len,
             eval_tokens=cfg.eval_tokens or spec.eval_tokens, batch_size=spec.eval_batch_size,
             seed=int.from_bytes(os.urandom(4), "big"), device="cuda" if self.gpu is not None else "cpu")
-        path = job.sock_dir / "eval.sock"
-        server = listen(path)
-        step = model_step(cfg, self.node, job, gpu=self.gpu)
-        model = asyncio.create_task(self.executor.run(step))
+        paths = [job.sock_dir / f"eval-{k}.sock" for k in range(trusted.shards)]
+        servers = [listen(p) for p in paths]
+        steps = [model_step(cfg, self.node, job, k, gpu=self.gpu) for k in range(trusted.shards)]
+        models = [asyncio.create_task(self.executor.run(step)) for step in steps]
         try:
-            result = await self._score(server, trusted, model, job.eval_timeout)
+            result = await self._score(servers, trusted, models, job.eval_timeout)
         finally:
-            server.close()
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            res: StepResult | None
-            try:
-                res = await asyncio.wait_for(asyncio.shield(model), 30)
-            except TimeoutError:
-                model.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await model
-                res = None
-        if result.status == "error" and res is not None and res.exit_code not in (0, None):
-            tail = res.output.strip()[-1500:]
-            result.reason += f" (model process exit {res.exit_code}{': ' + tail if tail else ''})"
-        elif result.status == "error" and res is not None and res.timed_out:
-            result.reason += f" (model process killed at its {step.timeout:.0f} s limit)"
+            for server, path in zip(servers, paths, strict=True):
+                server.close()
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            ends: list[StepResult | None] = []
+            for model in models:
+                try:
+                    ends.append(await asyncio.wait_for(asyncio.shield(model), 30))
+                except TimeoutError:
+                    model.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await model
+                    ends.append(None)
+        if result.status == "error":
+            for res, step in zip(ends, steps, strict=True):
+                if res is not None and res.exit_code not in (0, None):
+                    tail = res.output.strip()[-1500:]
+                    result.reason += f" ({step.name} process exit {res.exit_code}{': ' + tail if tail else ''})"
+                    break
+                if res is not None and res.timed_out:
+                    result.reason += f" ({step.name} process killed at its {step.timeout:.0f} s limit)"
+                    break
         result.eval_seconds = round(time.monotonic() - t0, 3)
         return result
 
-    async def _score(self, server: socket.socket, trusted: TrustedEvaluator, model: asyncio.Task[StepResult],
-                     timeout: float) -> EvalResult:
-        accept = asyncio.create_task(asyncio.to_thread(_accept, server, timeout))
-        await asyncio.wait([accept, model], return_when=asyncio.FIRST_COMPLETED)
-        if not accept.done():  # the model process ended before it connected
-            server.close()
+    async def _score(self, servers: list[socket.socket], trusted: TrustedEvaluator,
+                     models: list[asyncio.Task[StepResult]], timeout: float) -> EvalResult:
+        accepts = [asyncio.create_task(asyncio.to_thread(_accept, srv, timeout)) for srv in servers]
+        waiting: set[asyncio.Task[Any]] = set(accepts)
+        while any(not a.done() for a in accepts):  # a model process that ends before it connects never will
+            await asyncio.wait(waiting | {m for m in models if not m.done()}, return_when=asyncio.FIRST_COMPLETED)
+            waiting = {a for a in accepts if not a.done()}
+            if waiting and any(m.done() for m in models):
+                for srv in servers:
+                    srv.close()
+                break
+        conns: list[socket.socket] = []
         try:
-            conn = await accept
-        except (EvaluationFailed, OSError) as e:
-            return EvalResult(None, False, "error", f"the model process never connected ({e})", 0, 0.0, 0)
-        with conn:
-            return await asyncio.to_thread(trusted.run, conn, timeout)
+            for a in accepts:
+                try:
+                    conns.append(await a)
+                except (EvaluationFailed, OSError) as e:
+                    return EvalResult(None, False, "error", f"a model process never connected ({e})", 0, 0.0, 0)
+            return await asyncio.to_thread(trusted.run, conns, timeout)
+        finally:
+            for c in conns:
+                c.close()
 
     # -- calibration ------------------------------------------------------------------------------------
 

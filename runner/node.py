@@ -80,12 +80,21 @@ def python_lib_dirs() -> list[Path]:
     return sorted({p.resolve() for p in found})
 
 
+# Where an image's Python keeps its standard library (the docker executor covers these paths in every
+# container: the host cannot look inside the image, and covering a path that does not exist is harmless).
+IMAGE_PYTHON_LIBS = tuple(f"{root}/python3.{minor}" for root in ("/usr/lib", "/usr/local/lib", "/opt/conda/lib")
+                          for minor in range(8, 16))
+
+
 def hidden_val_sources(meta: dict[str, object]) -> list[Path]:
     """Directories to cover in every step: for the offline corpus, its validation packages in each Python
-    installation (see prepare.OFFLINE_VAL_DIRS). Other corpora live in the cache, which no step sees."""
+    installation (see prepare.OFFLINE_VAL_DIRS) on this host and where an image would keep them. Other
+    corpora live in the cache, which no step sees."""
     identity = meta.get("source_identity")
     val_dirs = identity.get("val_dirs", []) if isinstance(identity, dict) else []
-    return [lib / str(d) for lib in python_lib_dirs() for d in val_dirs if (lib / str(d)).is_dir()]
+    host = [lib / str(d) for lib in python_lib_dirs() for d in val_dirs if (lib / str(d)).is_dir()]
+    image = [Path(lib) / str(d) for lib in IMAGE_PYTHON_LIBS for d in val_dirs]
+    return host + [p for p in image if p not in host]
 
 
 async def prepare_node(config: RunnerConfig, profile: str, hw_class: str = "") -> NodeData:

@@ -44,14 +44,11 @@ def kill9(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(30)
 
 
-def spawn_runner(
-    tmp: Path, url: str, run: str, rid: str, prepare_py: Path, *extra: str
-) -> subprocess.Popen[bytes]:
+def spawn_runner(tmp: Path, url: str, run: str, rid: str, *extra: str) -> subprocess.Popen[bytes]:
     """``python -m runner`` on the simulated executor (class cpu), logging to ``tmp/<rid>.log``."""
     cmd = [
         sys.executable, "-m", "runner", "--nats", url, "--run", run, "--id", rid, "--hw-class", "cpu",
         "--executor", "simulated", "--state-dir", str(tmp / f"state-{rid}"), "--no-calibrate",
-        "--prepare-py", str(prepare_py), "--baseline-train-py", str(tmp / "none.py"),
         "--fetch-timeout", "0.3", *extra,
     ]  # fmt: skip
     return spawn(cmd, tmp / f"{rid}.log")

@@ -46,3 +46,34 @@ def test_gpu_check_cpu_dry_run(tmp_path: Path, prepared_cache: Path) -> None:
         assert Path(run["log"]).is_file()
     assert s["val_bpb_sigma"] is not None and s["compile_s_cold"] is not None and s["overhead_s_warm"] is not None
     assert "val_bpb mean" in r.stdout and "compile s cold" in r.stdout
+
+
+def test_bench_ledger() -> None:
+    """The ledger bench prints ours next to the raw engines (publish, fetch, DuckDB insert) and every part
+    runs end to end: a publisher process into the ledger service, replay, the agent-context queries."""
+    out = smoke("bench_ledger.py")
+    figures = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    for key in ("publish_raw_publish_async", "publish_ours_publish_many", "e2e_publish_to_projected",
+                "fetch_raw_nats_py", "fetch_ours_pullfeed", "duckdb_raw_arrow_insert", "duckdb_ours_project_apply",
+                "replay_seconds", "query_ms_context", "api_ms_context"):  # fmt: skip
+        assert key in figures, out
+    # every rate is a positive number of events per second
+    for key in ("publish_raw_publish_async", "e2e_publish_to_projected", "fetch_ours_pullfeed", "duckdb_ours_project_apply"):
+        assert float(figures[key].split("/s")[0].replace(",", "")) > 0, figures[key]
+    assert figures["replay_events"].startswith("5000 (last seq 5000)"), out
+
+
+def test_bench_runner(prepared_cache: Path) -> None:
+    """Dispatch latency, then two real experiments under load through a calibrated runner."""
+    out = smoke("bench_runner.py", "--cache-dir", str(prepared_cache))
+    assert "dispatch publish -> claim" in out and "statuses: {'ok': 2}" in out and "overhead_s_mean:" in out, out
+
+
+def test_bench_harness(prepared_cache: Path, monkeypatch: object) -> None:
+    import os
+
+    r = subprocess.run([sys.executable, str(BENCH / "bench_harness.py"), "--smoke"], capture_output=True, text=True,
+                       timeout=600, check=False, env={**os.environ, "SWARM_CACHE_DIR": str(prepared_cache)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    for key in ("tokens_per_s:", "overhead_s:", "causality_check_share_of_eval:", "val_bpb:"):
+        assert key in r.stdout, r.stdout

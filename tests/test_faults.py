@@ -47,8 +47,9 @@ from tests.fault_helpers import (
     stream_events,
     tail,
 )
+from tests.support.bus import RUN, propose
+from tests.support.sim import sim_config
 from tests.test_ledger import scenario
-from tests.test_runner_helpers import RUN, config, harness, propose
 
 pytestmark = pytest.mark.faults
 
@@ -79,8 +80,8 @@ async def test_twenty_runner_kills_leave_exactly_one_result_each(
 ) -> None:
     rng = random.Random(7)
     n_hyp, kills_wanted, width = 30, 20, 3
-    hids = [(await propose(js, SOURCE + f"# {i}\n")).hypothesis_id for i in range(n_hyp)]
-    prep = harness(tmp_path)
+    hids = [(await propose(js, SOURCE + f"# {i}\n", budget=200.0, budget_unit="seconds")).hypothesis_id
+            for i in range(n_hyp)]
     # 2 s of simulated training each (budget 200 s at 0.01), a 2 s lease, generous redelivery
     args = ("--budget", "200", "--time-scale", "0.01", "--ack-wait", "2", "--max-deliver", "40")
     spawned = 0
@@ -89,7 +90,7 @@ async def test_twenty_runner_kills_leave_exactly_one_result_each(
         nonlocal spawned
         spawned += 1
         rid = f"k{spawned}"
-        return rid, spawn_runner(tmp_path, nats_server.url, RUN, rid, prep, *args)
+        return rid, spawn_runner(tmp_path, nats_server.url, RUN, rid, *args)
 
     live = [start() for _ in range(width)]
     kills = mid_experiment = 0
@@ -310,7 +311,7 @@ async def test_killed_agent_in_flight_hypotheses_complete_and_stay_attributed(
             kill9(agent)
         assert agent.returncode == -signal.SIGKILL, tail(tmp_path / "agent.log")
         before = [e for e in await stream_events(js) if isinstance(e, HypothesisProposed) and e.run == run]
-        cfg = config(tmp_path, nats_server.url, run=run, runner_id="after", executor="simulated",
+        cfg = sim_config(tmp_path, nats_server.url, run=run, runner_id="after", executor="simulated",
                      max_budget=10.0, time_scale=0.01)  # fmt: skip
         await asyncio.wait_for(Runner(nc, cfg).run(asyncio.Event()), 120)
         rows = await _experiments(nc, run, [h.hypothesis_id for h in before])
@@ -356,10 +357,10 @@ async def _experiments(nc: NATS, run: str, hids: list[str]) -> dict[str, tuple[s
 async def test_server_paused_past_ack_wait_keeps_one_result_per_hypothesis(
     tmp_path: Path, nats_server: EmbeddedServer, nc: NATS, js: JetStreamContext
 ) -> None:
-    prep = harness(tmp_path)
     args = ("--budget", "150", "--time-scale", "0.01", "--ack-wait", "2", "--max-deliver", "20")
-    hids = [(await propose(js, SOURCE + f"# {i}\n")).hypothesis_id for i in range(4)]
-    runners = [spawn_runner(tmp_path, nats_server.url, RUN, f"p{i}", prep, *args) for i in range(2)]
+    hids = [(await propose(js, SOURCE + f"# {i}\n", budget=150.0, budget_unit="seconds")).hypothesis_id
+            for i in range(4)]
+    runners = [spawn_runner(tmp_path, nats_server.url, RUN, f"p{i}", *args) for i in range(2)]
     pause_s = 5.0  # > 2 s ack_wait
     try:
 

@@ -9,12 +9,11 @@ import pytest
 
 from runner.contract import check_module_level, parse_knobs, parse_progress, parse_summary
 from runner.errors import ContractViolation
-from runner.testing import fake_train_py
 
 REPO = Path(__file__).resolve().parents[1]
 
 OK_SOURCES = [
-    fake_train_py(),
+    (Path(__file__).resolve().parents[1] / "train.py").read_text(),
     "import torch\nLR = 3e-4  # c\nTOTAL = 2 ** 19\nDT = torch.bfloat16\n@torch.no_grad()\ndef build_model(config):\n    return 1\n",
     'from dataclasses import dataclass\n@dataclass(frozen=True)\nclass C:\n    n: int = 3\ndef build_model(c): ...\nif __name__ == "__main__":\n    main()\n',
     "try:\n    import flash_attn\nexcept ImportError:\n    flash_attn = None\ndef build_model(c): ...\n",

@@ -24,16 +24,7 @@ from runner.errors import CalibrationFailed
 from runner.lease import Lease
 from tests.support.bus import RUN, all_events, finished, propose, wait_for
 from tests.support.harness import BASELINE, TINY_BUDGET, edit, in_main, real_config
-
-SIM_SOURCE = "X = 1\ndef build_model(c): ...\n"
-
-
-def sim_config(tmp: Path, url: str, **kw: Any) -> RunnerConfig:
-    base: dict[str, Any] = dict(nats_urls=(url,), run=RUN, runner_id="r1", hw_class="cpu", executor="simulated",
-                                state_dir=tmp / "state", calibrate=False, ack_wait=10.0, fetch_timeout=0.3, burst=True,
-                                max_budget=1.0, time_scale=0.5, progress_interval=0.1)
-    base.update(kw)
-    return RunnerConfig(**base)
+from tests.support.sim import SIM_SOURCE, sim_config
 
 
 async def run_burst(nc: Any, cfg: RunnerConfig, timeout: float = 600) -> Runner:

@@ -1,4 +1,6 @@
-"""One contract suite run against every executor (process, simulated, docker), plus the Docker-only checks.
+"""One contract suite for the isolating executors (process with its namespace sandbox, docker): a step sees
+exactly what it is described to see. Then the real harness through a runner on Docker.
+
 Docker tests skip locally without an engine and fail in CI (tests/conftest.skip_or_fail)."""
 
 from __future__ import annotations
@@ -6,28 +8,31 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import shutil
 import sys
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bus.events import ExperimentFinished
-from runner import node
-from runner.config import REPO_ROOT, RunnerConfig
+from bus import EmbeddedServer
 from runner.daemon import Runner
-from runner.executors import Executor, Job, NodeData, make_executor
-from runner.testing import expected_val_bpb, fake_train_py
+from runner.executors.docker import DockerExecutor
+from runner.executors.process import ProcessExecutor
+from runner.executors.sandbox import namespace_available
+from runner.executors.steps import Isolator, Limits, Mount, Step
+from runner.jobs import interpreter
 from tests.conftest import skip_or_fail
-from tests.test_runner_helpers import all_events, config, harness, propose
+from tests.support.bus import all_events, finished, propose
+from tests.support.harness import BASELINE, in_main, real_config
 
 DOCKER_TEST_IMAGE = "swarm-runner-test:tiny"
+SYSTEM_MOUNTS = ("/usr/lib", "/usr/lib64", "/usr/bin", "/usr/share/zoneinfo")
 
 
 def docker_image_or_skip() -> str:
-    """An image imported from an empty tar; the host's interpreter and venv are bind-mounted read-only."""
+    """An image imported from an empty tar; the host's /usr, interpreter and venv are bind-mounted read-only."""
     try:
         import docker
 
@@ -49,154 +54,155 @@ def docker_image_or_skip() -> str:
                 info = tarfile.TarInfo(name)
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(info)
-        client.api.import_image_from_data(
-            buf.getvalue(), repository=DOCKER_TEST_IMAGE.split(":")[0], tag="tiny"
-        )
+        client.api.import_image_from_data(buf.getvalue(), repository=DOCKER_TEST_IMAGE.split(":")[0], tag="tiny")
     client.close()
     return DOCKER_TEST_IMAGE
 
 
-def make_config(tmp: Path, name: str, **kw: object) -> RunnerConfig:
-    extra: dict[str, object] = {}
-    if name == "docker":
-        extra = dict(
-            docker_image=docker_image_or_skip(),
-            docker_mounts=(str(REPO_ROOT), sys.prefix, sys.base_prefix, "/usr/lib", "/usr/lib64", "/usr/bin"),
-            docker_python=sys.executable,
-        )
-    return RunnerConfig(
-        run="t",
-        runner_id=str(kw.pop("runner_id", "x")),
-        hw_class="cpu",
-        executor=name,
-        state_dir=tmp / "state",
-        cache_dir=tmp / "cache",
-        prepare_py=harness(tmp),
-        baseline_train_py=tmp / "none.py",
-        **extra,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-@pytest.fixture(params=["process", "simulated", "docker"])
-async def setup_executor(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[Executor, NodeData, RunnerConfig]]:
-    cfg = make_config(tmp_path, request.param)
-    ex = make_executor(cfg)
-    nd = (
-        node.simulated_node(cfg, "cpu")
-        if cfg.executor == "simulated"
-        else await node.prepare_node(cfg, "cpu")
-    )
-    await ex.setup(nd)
-    yield ex, nd, cfg
+@pytest.fixture(params=["process", "docker"])
+async def executor(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Isolator]:
+    ex: Isolator
+    if request.param == "process":
+        if not namespace_available(os.geteuid() != 0, tmp_path / "probe-root"):
+            skip_or_fail("namespace isolation (unshare, pivot_root, setpriv) is unavailable here")
+        ex = ProcessExecutor("namespace", tmp_path / "sandbox-root")
+    else:
+        ex = DockerExecutor(docker_image_or_skip(), extra_mounts=SYSTEM_MOUNTS, labels={"swarm.test": tmp_path.name})
+    await ex.setup()
+    yield ex
     await ex.close()
 
 
-def make_job(cfg: RunnerConfig, nd: NodeData, source: str, *, budget: float, train_timeout: float) -> Job:
-    job = Job(
-        hypothesis_id="h1",
-        attempt=1,
-        train_py=source,
-        job_dir=cfg.state_dir / "jobs" / "h1",
-        budget_seconds=budget,
-        train_timeout=train_timeout,
-        eval_timeout=60.0,
-    )
-    for d in (job.work_dir, job.eval_dir, job.out_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    for d in (job.work_dir, job.eval_dir):
-        (d / "train.py").write_text(source)
-        if (nd.pristine_dir / "prepare.py").exists():
-            shutil.copyfile(nd.pristine_dir / "prepare.py", d / "prepare.py")
-    job.log_path.touch()
-    return job
+def step(tmp: Path, code: str, *, timeout: float = 60, mounts: list[Mount] | None = None, **kw: Any) -> Step:
+    work = tmp / "work"
+    work.mkdir(exist_ok=True)
+    work.chmod(0o777)
+    python = sys.executable
+    mounts = [Mount(Path(sys.base_prefix).resolve()), Mount(Path(sys.prefix).resolve()), Mount(work, writable=True),
+              *(mounts or [])]
+    return Step(name="probe", argv=[python, "-c", code], cwd=work, env={"PATH": "/usr/bin:/bin", "HOME": str(work)},
+                mounts=mounts, timeout=timeout, log_path=tmp / "probe.log", **kw)
 
 
-async def test_executor_trains_and_evaluates(setup_executor: tuple[Executor, NodeData, RunnerConfig]) -> None:
-    ex, nd, cfg = setup_executor
-    if cfg.executor == "simulated":
-        cfg.time_scale = 0.05
-        ex = make_executor(cfg)
-    job = make_job(cfg, nd, fake_train_py(w=1.5), budget=0.3, train_timeout=60)
-    await ex.prepare(job)
-    lines: list[str] = []
-    tr = await ex.train(job, lines.append)
-    assert tr.exit_code == 0 and not tr.timed_out, tr.output
-    assert any(line.startswith("step ") for line in lines)
-    assert (job.out_dir / "model.pt").exists()
-    ev = await ex.evaluate(job)
-    assert ev.status == "ok" and ev.val_bpb is not None, (ev.reason, ev.output)
-    if cfg.executor != "simulated":
-        assert ev.val_bpb == pytest.approx(expected_val_bpb(1.5))
-    await ex.cleanup(job)
-    assert job.log_path.read_text()
+PROBE = """
+import os, socket
+def can_read(p):
+    try:
+        return bool(os.listdir(p)) if os.path.isdir(p) else bool(open(p, 'rb').read(1))
+    except OSError:
+        return False
+def can_write(p):
+    try:
+        open(os.path.join(p, 'w.txt'), 'w').write('x')
+        return True
+    except OSError:
+        return False
+print('UID', os.getuid())
+print('SEES_SECRET', can_read(os.environ.get('SECRET', '/nonexistent')))
+print('SEES_HIDDEN', can_read(os.environ.get('HIDDEN_DIR', '/nonexistent')))
+print('SEES_READONLY', can_read(os.environ.get('RO_DIR', '/nonexistent')))
+print('WRITES_READONLY', can_write(os.environ.get('RO_DIR', '/nonexistent')))
+print('WRITES_WORK', can_write(os.getcwd()))
+print('TMP_EMPTY', not os.path.exists(os.environ['HOST_TMP_FILE']))  # the host's /tmp is not the step's
+print('SHM_EMPTY', os.listdir('/dev/shm') == [])
+open('/dev/shm/planted', 'w').write('x')
+try:
+    socket.create_connection(('127.0.0.1', 22), timeout=2)
+    print('NET', 'open')
+except OSError as e:
+    print('NET', 'blocked')
+"""
 
 
-async def test_executor_enforces_the_hard_limit(
-    setup_executor: tuple[Executor, NodeData, RunnerConfig],
-) -> None:
-    ex, nd, cfg = setup_executor
-    job = make_job(cfg, nd, fake_train_py(), budget=30, train_timeout=1.5)
-    await ex.prepare(job)
-    tr = await ex.train(job, lambda line: None)
-    assert tr.timed_out and tr.exit_code is None
-    await ex.cleanup(job)
+async def test_a_step_sees_only_what_it_is_given(executor: Isolator, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"  # a host file outside every mount (e.g. a stray copy of the validation split)
+    secret.mkdir()
+    (secret / "val.bin").write_text("VALIDATION")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "data.txt").write_text("readable")
+    hidden = ro / "hidden"
+    hidden.mkdir()
+    (hidden / "val.py").write_text("VALIDATION")
+    (Path("/dev/shm") / f"host-{tmp_path.name}").write_text("host")  # the host's shm is not the step's
+    host_tmp = Path("/tmp") / f"swarm-host-{tmp_path.name}"
+    host_tmp.write_text("host")
+    try:
+        s = step(tmp_path, PROBE, mounts=[Mount(ro)], hidden=[hidden])
+        s.env.update(SECRET=str(secret / "val.bin"), HIDDEN_DIR=str(hidden), RO_DIR=str(ro), HOST_TMP_FILE=str(host_tmp))
+        lines: list[str] = []
+        res = await executor.run(s, lines.append)
+    finally:
+        (Path("/dev/shm") / f"host-{tmp_path.name}").unlink()
+        host_tmp.unlink()
+    out = dict(line.split(" ", 1) for line in lines if " " in line)
+    assert res.exit_code == 0, res.output
+    assert out["UID"] == "65534" or os.geteuid() != 0  # as root, steps run as nobody
+    assert out["SEES_SECRET"] == "False" and out["SEES_HIDDEN"] == "False", out
+    assert out["SEES_READONLY"] == "True" and out["WRITES_READONLY"] == "False", out
+    assert out["WRITES_WORK"] == "True" and out["TMP_EMPTY"] == "True" and out["SHM_EMPTY"] == "True", out
+    assert out["NET"] == "blocked", out
+    assert not (Path("/dev/shm") / "planted").exists()
+    assert "probe" in s.log_path.read_text()  # the header and the output are in the step's log
 
 
-@pytest.fixture
-async def docker_setup(tmp_path: Path) -> AsyncIterator[tuple[Executor, NodeData, RunnerConfig]]:
-    cfg = make_config(
-        tmp_path, "docker", memory_limit_mb=256, runner_id=f"x{os.getpid()}-{tmp_path.name[-12:]}"
-    )
-    ex = make_executor(cfg)
-    nd = await node.prepare_node(cfg, "cpu")
-    await ex.setup(nd)
-    yield ex, nd, cfg
-    await ex.close()
+async def test_the_hard_limit_kills_everything_the_step_started(executor: Isolator, tmp_path: Path) -> None:
+    token = f"swarm-exec-probe-{os.getpid()}-{tmp_path.name}"
+    code = (f"import subprocess, sys, time\n"
+            f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', {token!r}], start_new_session=True)\n"
+            "print('started', flush=True)\ntime.sleep(300)\n")
+    res = await executor.run(step(tmp_path, code, timeout=6))
+    assert res.timed_out and res.exit_code is None and "started" in res.output
+    await asyncio.sleep(0)
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and token in _cmdline(p)]
+
+
+async def test_cancelling_a_run_kills_the_step(executor: Isolator, tmp_path: Path) -> None:
+    task = asyncio.create_task(executor.run(step(tmp_path, "import time\nprint('up', flush=True)\ntime.sleep(300)")))
+    await asyncio.sleep(3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 @pytest.mark.docker
-async def test_docker_blocks_network_and_detects_oom(
-    docker_setup: tuple[Executor, NodeData, RunnerConfig],
-) -> None:
-    ex, nd, cfg = docker_setup
-    sock = fake_train_py(behaviour="import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=3)")
-    job = make_job(cfg, nd, sock, budget=0.2, train_timeout=60)
-    await ex.prepare(job)
-    tr = await ex.train(job, lambda line: None)
-    assert (tr.exit_code not in (0, None) and "OSError" in tr.output) or "unreachable" in tr.output
-    await ex.cleanup(job)
-    hog = fake_train_py(behaviour="x = bytearray(1 << 30)\nx[::4096] = b'1' * len(x[::4096])")
-    job2 = make_job(cfg, nd, hog, budget=0.2, train_timeout=60)
-    await ex.prepare(job2)
-    tr2 = await ex.train(job2, lambda line: None)
-    assert tr2.oom_killed, tr2.output
-    await ex.cleanup(job2)
-    import docker
+async def test_docker_detects_an_out_of_memory_kill(tmp_path: Path) -> None:
+    ex = DockerExecutor(docker_image_or_skip(), extra_mounts=SYSTEM_MOUNTS, labels={"swarm.test": tmp_path.name})
+    await ex.setup()
+    try:
+        hog = "x = bytearray(1 << 30)\nx[::4096] = b'1' * len(x[::4096])\n"
+        res = await ex.run(step(tmp_path, hog, limits=Limits(memory_mb=128)))
+        assert res.oom_killed, res.output
+        import docker
 
-    client = docker.from_env()
-    assert not client.containers.list(all=True, filters={"label": f"swarm.runner={cfg.runner_id}"})
-    client.close()
+        client = docker.from_env()
+        assert not client.containers.list(all=True, filters={"label": f"swarm.test={tmp_path.name}"})
+        client.close()
+    finally:
+        await ex.close()
 
 
 @pytest.mark.docker
-async def test_runner_on_docker_survives_an_oom(
-    tmp_path: Path, nats_server: object, nc: object, js: object
-) -> None:
+@pytest.mark.slow
+async def test_the_real_harness_on_docker(tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: Any,
+                                          prepared_cache: Path) -> None:
     image = docker_image_or_skip()
-    hog = fake_train_py(behaviour="x = bytearray(1 << 30)\nx[::4096] = b'1' * len(x[::4096])")
-    a = await propose(js, hog)  # type: ignore[arg-type]
-    b = await propose(js, fake_train_py(w=1.5))  # type: ignore[arg-type]
-    cfg = config(
-        tmp_path, nats_server.url, executor="docker", docker_image=image, memory_limit_mb=256,  # type: ignore[attr-defined]
-        docker_mounts=(str(REPO_ROOT), sys.prefix, sys.base_prefix, "/usr/lib", "/usr/lib64", "/usr/bin"),
-        docker_python=sys.executable, runner_id=f"d{os.getpid()}",
-    )  # fmt: skip
-    await asyncio.wait_for(Runner(nc, cfg).run(asyncio.Event()), 120)  # type: ignore[arg-type]
-    res = {e.hypothesis_id: e for e in await all_events(js) if isinstance(e, ExperimentFinished)}  # type: ignore[arg-type]
-    assert res[a.hypothesis_id].status == "oom"
-    assert res[b.hypothesis_id].status == "ok" and res[b.hypothesis_id].val_bpb == pytest.approx(
-        expected_val_bpb(1.5)
-    )
+    base = await propose(js, BASELINE)
+    crash = await propose(js, in_main("raise RuntimeError('in a container')"))
+    cfg = real_config(tmp_path, nats_server.url, prepared_cache, executor="docker", docker_image=image,
+                      docker_mounts=SYSTEM_MOUNTS, docker_python=sys.executable, runner_id=f"d{os.getpid()}")
+    python, mounts = interpreter(cfg)
+    assert python == sys.executable and mounts  # the host's interpreter, mounted into the tiny image
+    await asyncio.wait_for(Runner(nc, cfg).run(asyncio.Event()), 900)
+    evs = await all_events(js)
+    [ok], [bad] = finished(evs, base.hypothesis_id), finished(evs, crash.hypothesis_id)
+    assert ok.status == "ok" and ok.val_bpb is not None and 2.0 < ok.val_bpb < 9.0, (ok.reason, ok.log_tail)
+    assert bad.status == "crash" and "in a container" in bad.log_tail
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

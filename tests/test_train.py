@@ -35,7 +35,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obje
             mp.delenv(name, raising=False)
         prep = prepare.ensure_prepared()
         train_py = make_variant(work / "small" / "train.py")
-        proc = run_py(train_py, {**env, "SWARM_TIME_BUDGET": "4", "SWARM_OUT_DIR": str(work / "out")}, work)
+        proc = run_py(train_py, {**env, "SWARM_BUDGET": str(16 * 1024), "SWARM_OUT_DIR": str(work / "out")}, work)
         yield {"prep": prep, "env": env, "work": work, "train_py": train_py, "out": work / "out", "proc": proc}
 
 
@@ -48,7 +48,7 @@ def test_cpu_profile_trains_loss_falls_and_evaluates_itself(harness: dict) -> No
     block = parse_block(proc.stdout)
     assert set(block) >= BLOCK_KEYS and "val_bpb" in block
     assert block["profile"] == "cpu" and block["dataset_fingerprint"] == harness["prep"].dataset_fingerprint
-    assert int(block["num_steps"]) >= 5 and float(block["training_seconds"]) >= 4.0
+    assert int(block["num_steps"]) == 16 and (block["budget"], block["budget_unit"]) == ("16384", "tokens")
     trusted = prepare.evaluate(harness["train_py"], harness["out"], harness["prep"].val_dir)
     assert trusted.status == "ok" and trusted.causal
     assert float(block["val_bpb"]) == pytest.approx(trusted.val_bpb, abs=1e-6)
@@ -58,7 +58,9 @@ def test_cpu_profile_trains_loss_falls_and_evaluates_itself(harness: dict) -> No
 
 
 def test_default_train_py_is_importable_without_side_effects(harness: dict) -> None:
-    module = prepare._import_train(TRAIN_PY)
+    from harness.model_server import import_train
+
+    module = import_train(TRAIN_PY)
     assert callable(module.build_model) and module.CPU_DEPTH >= 1
     config = {"model_config": module.model_config(64, 32), "vocab_size": 64}
     logits = module.build_model(config)(torch.zeros(2, 32, dtype=torch.long))
@@ -67,7 +69,7 @@ def test_default_train_py_is_importable_without_side_effects(harness: dict) -> N
 
 def test_runner_mode_trains_without_val_and_prints_no_val_bpb(harness: dict, tmp_path: Path) -> None:
     env = {**harness["env"], "SWARM_MODE": "runner", "SWARM_DATA_DIR": str(harness["prep"].data_dir),
-           "SWARM_FIXED_STEPS": "3", "SWARM_OUT_DIR": str(tmp_path / "out")}
+           "SWARM_BUDGET": "3072", "SWARM_OUT_DIR": str(tmp_path / "out")}
     proc = run_py(harness["train_py"], env, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     block = parse_block(proc.stdout)
@@ -89,7 +91,7 @@ def test_runner_mode_trains_without_val_and_prints_no_val_bpb(harness: dict, tmp
 def test_two_runs_with_one_seed_give_the_same_loss(harness: dict, tmp_path: Path) -> None:
     results = []
     for name in ("a", "b"):
-        env = {**harness["env"], "SWARM_MODE": "runner", "SWARM_FIXED_STEPS": "4", "SWARM_SEED": "7",
+        env = {**harness["env"], "SWARM_MODE": "runner", "SWARM_BUDGET": "4096", "SWARM_SEED": "7",
                "SWARM_OUT_DIR": str(tmp_path / name)}
         proc = run_py(harness["train_py"], env, tmp_path)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -106,7 +108,7 @@ def test_fake_loss_and_fake_val_bpb_still_get_the_honest_bpb(harness: dict, tmp_
                                          "            return torch.tensor(0.001)  # a fake low loss\n"),
         ('    print("---")\n', '    print("---")\n    print("val_bpb: 0.000100")\n'),
     ])
-    env = {**harness["env"], "SWARM_MODE": "runner", "SWARM_FIXED_STEPS": "2", "SWARM_OUT_DIR": str(tmp_path / "o")}
+    env = {**harness["env"], "SWARM_MODE": "runner", "SWARM_BUDGET": "2048", "SWARM_OUT_DIR": str(tmp_path / "o")}
     proc = run_py(cheat, env, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert parse_block(proc.stdout)["val_bpb"] == "0.000100"  # what it claims

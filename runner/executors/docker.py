@@ -34,6 +34,7 @@ class DockerExecutor:
         self.extra_mounts = extra_mounts
         self.labels = labels or {}
         self.client: Any = None
+        self._present: set[str] | None = None  # which hidden paths exist in the image (probed once)
 
     async def setup(self) -> None:
         try:
@@ -60,7 +61,8 @@ class DockerExecutor:
         tmpfs = {"/tmp": f"rw,size={step.limits.tmp_mb}m,mode=1777",
                  "/dev/shm": f"rw,size={step.limits.tmp_mb}m,mode=1777"}
         for h in step.hidden:
-            tmpfs[str(h)] = "ro,size=4k,mode=000"
+            if self._present is None or str(h) in self._present:
+                tmpfs[str(h)] = "ro,size=4k,mode=000"
         env = dict(step.env)
         kw: dict[str, Any] = dict(
             image=self.image,
@@ -91,8 +93,27 @@ class DockerExecutor:
             env["CUDA_VISIBLE_DEVICES"] = "0"  # the container sees its one GPU as device 0
         return kw
 
+    async def _probe_hidden(self, step: Step) -> None:
+        """Which of the step's hidden directories exist in the image: a tmpfs can only cover a path that is
+        there (Docker cannot create a mount point inside a read-only image or mount)."""
+        probe = "import os, sys\nprint('\\n'.join(p for p in sys.argv[1:] if os.path.isdir(p)))"
+        spec = self.container_spec(step)
+        spec.update(command=[step.argv[0], "-c", probe, *map(str, step.hidden)], tmpfs={"/tmp": "rw,size=16m"})
+        spec.pop("device_requests", None)
+        c = await asyncio.to_thread(self.client.containers.create, **spec)
+        try:
+            await asyncio.to_thread(c.start)
+            await asyncio.wait_for(asyncio.to_thread(c.wait), 120)
+            out = (await asyncio.to_thread(c.logs, stdout=True, stderr=False)).decode(errors="replace")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(c.remove, force=True)
+        self._present = {line.strip() for line in out.splitlines() if line.strip()}
+
     async def run(self, step: Step, on_line: LineCallback | None = None) -> StepResult:
         assert self.client is not None, "setup() first"
+        if step.hidden and self._present is None:
+            await self._probe_hidden(step)
         c = await asyncio.to_thread(self.client.containers.create, **self.container_spec(step))
         try:
             return await self._run(c, step, on_line)
@@ -104,9 +125,8 @@ class DockerExecutor:
         loop = asyncio.get_running_loop()
         chunks: list[str] = []
         logf = step.log_path.open("a", encoding="utf-8", errors="replace")
-        if step.header:
-            logf.write(step.header + " (isolation=docker)\n")
-            logf.flush()
+        logf.write((step.header or f"[runner] step {step.name}") + " (isolation=docker)\n")
+        logf.flush()
 
         def pump() -> None:
             buf = b""

@@ -56,7 +56,7 @@ class ProcessExecutor:
             log_path=step.log_path,
             on_line=on_line,
             limits=step.limits,
-            header=step.header + f" (isolation={self.isolation})",
+            header=(step.header or f"[runner] step {step.name}") + f" (isolation={self.isolation})",
             # CUDA maps a huge address space: the memory limit is for CPU steps only
             address_space_limit=step.gpu is None,
         )

@@ -118,7 +118,10 @@ def wrap_namespace(cmd: Sequence[str], *, root: Path, cwd: Path, mounts: Sequenc
     setpriv. ``root`` is an empty host directory the new root is mounted on (privately)."""
     q = shlex.quote
     r = str(root)
-    lines = ["set -e", f"R={q(r)}", 'mount -t tmpfs -o size=16m,mode=755 swarm-root "$R"']
+    # the tools by absolute path: the step's PATH (its own environment) need not hold /usr/sbin
+    tools = {t: q(shutil.which(t) or t) for t in ("mount", "umount", "pivot_root", "setpriv")}
+    lines = ["set -e", f"R={q(r)}", f"mount() {{ {tools['mount']} \"$@\"; }}", f"umount() {{ {tools['umount']} \"$@\"; }}",
+             'mount -t tmpfs -o size=16m,mode=755 swarm-root "$R"']
 
     def bind(path: str, writable: bool) -> None:
         if os.path.isdir(path):
@@ -151,9 +154,10 @@ def wrap_namespace(cmd: Sequence[str], *, root: Path, cwd: Path, mounts: Sequenc
             bind(str(m.path), m.writable)
     for h in hidden:
         lines.append(f'[ -d "$R"{q(str(h))} ] && mount -t tmpfs -o ro,size=4k,mode=000 swarm-hidden "$R"{q(str(h))} || true')
-    lines += ['cd "$R"', "mkdir .old", "pivot_root . .old", "umount -l /.old", "rmdir /.old", f"cd {q(str(cwd))}"]
+    lines += ['cd "$R"', "mkdir .old", f"{tools['pivot_root']} . .old", "umount -l /.old", "rmdir /.old",
+              f"cd {q(str(cwd))}"]
     drop = "" if user_ns else f"--reuid={NOBODY} --regid={NOBODY} --clear-groups "
-    lines.append(f'exec setpriv {drop}--bounding-set=-all --no-new-privs -- "$@"')
+    lines.append(f'exec {tools["setpriv"]} {drop}--bounding-set=-all --no-new-privs -- "$@"')
     unshare = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation", "private"]
     if user_ns:
         unshare[1:1] = ["--user", "--map-root-user"]

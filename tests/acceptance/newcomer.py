@@ -62,6 +62,6 @@ class Newcomer:
         """``args`` (a command in the clone's .venv/bin, or an absolute path) in the background, output to
         ``<clone>/<log>``."""
         exe = args[0] if os.path.isabs(args[0]) else str(self.clone / ".venv" / "bin" / args[0])
-        out = open(self.clone / log, "wb")  # noqa: SIM115 (closed when the process is reaped by the test)
-        return subprocess.Popen([exe, *args[1:]], cwd=self.clone, env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT)
+        with open(self.clone / log, "wb") as out:  # the child keeps its own descriptor
+            return subprocess.Popen([exe, *args[1:]], cwd=self.clone, env=self.env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT)
