@@ -9,8 +9,8 @@ from bus import trainpy
 from bus.trainpy import ProgressLine, Summary, contract_problems, parse_progress, parse_summary
 from runner.errors import ContractViolation
 
-__all__ = ["ProgressLine", "Summary", "check_module_level", "looks_like_oom", "parse_knobs", "parse_progress",
-           "parse_summary", "traceback_tail"]
+__all__ = ["ProgressLine", "Summary", "check_module_level", "last_error", "looks_like_oom", "parse_knobs",
+           "parse_progress", "parse_summary", "traceback_tail"]
 
 def parse_knobs(source: str) -> dict[str, Any]:
     """``{name: value}`` of train.py's knobs (bus.trainpy.parse_knobs), tuples kept; empty if it does not
@@ -46,3 +46,16 @@ def traceback_tail(text: str, chars: int) -> str:
     idx = text.rfind("Traceback (most recent call last)")
     tail = text[idx:] if idx >= 0 else text
     return tail[-chars:]
+
+
+def last_error(text: str) -> str:
+    """The last exception line of a log (``ValueError: boom``), or "" when there is none: what a crash's
+    reason quotes so that it explains itself in tables."""
+    idx = text.rfind("Traceback (most recent call last)")
+    if idx < 0:
+        return ""
+    lines = [ln.strip() for ln in text[idx:].splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if not ln.startswith(("File ", "^", "~", "[runner]")) and not ln.startswith("Traceback"):
+            return ln[:300]
+    return ""

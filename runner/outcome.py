@@ -60,6 +60,8 @@ def classify_training(res: StepResult, feed: FeedStats, deadlines: Deadlines, *,
         if res.exit_code == 3 or summary.nan_step is not None:
             return end("nan", f"nan loss at step {summary.nan_step}")
         why = f"train.py exited with {res.exit_code}"
+        if err := contract.last_error(res.output):
+            why += f": {err}"
         if feed.refused:
             why += f" (the runner's data feed refused its request: {feed.refused})"
         return end("crash", why)

@@ -92,3 +92,46 @@ async def test_wrong_password_is_refused(secured: tuple[EmbeddedServer, dict[str
         await connect(
             BusConfig(servers=(server.url,), user="agent", password="wrong"), max_reconnect_attempts=0
         )
+
+
+async def test_a_result_smuggled_onto_the_notes_subject_counts_nowhere(
+    secured: tuple[EmbeddedServer, dict[str, str]], tmp_path: Path
+) -> None:
+    """An agent may publish notes, not results. It puts an ExperimentFinished payload on the notes subject:
+    the server accepts the publish (it is the agent's subject), but neither the ledger nor any agent's view
+    of the run takes it as a result."""
+    import asyncio
+
+    from agents.tail import RunTail
+    from bus import subjects
+    from ledger.projection import RawMessage, apply, project
+    from ledger.schema import connect_db
+
+    server, passwords = secured
+    admin = await as_role(server, passwords, "admin")
+    await setup(admin.jetstream())
+    agent = await as_role(server, passwords, "agent")
+    try:
+        js = agent.jetstream()
+        fake = finished()
+        notes_subject = subjects.event_subject(ev.NoteWritten(run="r", source="a", note_id="n", agent="a", title="t",
+                                                              body="b"))
+        with pytest.raises(PublishError):  # its own subject for results is closed to the agent role
+            await publish(js, fake)
+        ack = await js.publish(notes_subject, ev.encode(fake), stream="SWARM_EVENTS")  # ...but not the notes
+        assert ack.seq > 0
+        tail = RunTail(admin.jetstream(), "r")
+        await tail.start()
+        await asyncio.wait_for(tail.caught_up.wait(), 10)
+        await tail.stop()
+        assert tail.finished == {}  # the agents' view: no result
+        raw = await admin.jetstream().get_msg("SWARM_EVENTS", ack.seq)
+        con = connect_db(str(tmp_path / "l.duckdb"))
+        apply(con, project([RawMessage(ack.seq, raw.subject or notes_subject, raw.data or b"", 0.0)]), consumer="t")
+        assert con.execute("SELECT count(*) FROM results").fetchone() == (0,)
+        [(reason,)] = con.execute("SELECT reason FROM rejects").fetchall()
+        assert "belongs on 'swarm.r.evt.finished'" in reason
+        con.close()
+    finally:
+        await agent.close()
+        await admin.close()
