@@ -1,115 +1,48 @@
 """The projector: the ledger's durable pull consumer over the whole events stream, into DuckDB.
 
-Loop (dramatiq's worker shape): fetch a batch, project it (:func:`ledger.projection.project`), write the
-rows and the batch's last stream sequence in one transaction (:func:`ledger.projection.apply`), then ack
-the batch's last message (the consumer acks ALL). The database, not the consumer, is the tracking
-position: on start, and whenever a fetched batch skips sequences that the stream still holds (a fetch
-lost by a crash or cancel leaves messages delivered but unprojected until ``ack_wait``), the consumer is
-recreated and replays from the start, and everything at or below ``last_seq`` is acked without being
-re-applied. Messages that do not decode or validate go to ``rejects`` and are acked.
+Loop (dramatiq's worker shape): fetch a batch, project it (:func:`ledger.projection.project_columns`),
+write the rows and the batch's last stream sequence in one transaction (:func:`ledger.projection.apply`),
+then ack the batch's last message (the consumer acks ALL). :meth:`Projector.run` overlaps the stages:
+while one batch is written (DuckDB, in a worker thread) the next is fetched and projected; writes stay
+one at a time and in stream order, and a batch is acked only after its commit.
+
+The database, not the consumer, is the tracking position: on start, and whenever a fetched batch skips
+sequences that the stream still holds (a fetch lost by a crash, cancel or reconnect leaves messages
+delivered but unprojected until ``ack_wait``), the consumer is recreated and replays from the start, and
+everything at or below ``last_seq`` is acked without being re-applied. Messages that do not decode or
+validate go to ``rejects`` and are acked. Messages are read as raw frames (:mod:`ledger.fetch`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import duckdb
 import nats.errors
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from bus import subjects
 from bus.client import ensure_consumer, ledger_consumer_config
 from ledger.errors import ProjectorError
-from ledger.projection import RawMessage, apply, last_seq, project
+from ledger.fetch import Batch, PullFeed
+from ledger.gcpause import gc_paused
+from ledger.projection import Rows, apply, last_seq, project_columns
 
 log = logging.getLogger("swarm.ledger.projector")
-
-
-def raw_message(msg: Msg) -> RawMessage:
-    """Stream sequence and time from a JetStream message's reply subject, without building metadata.
-
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts_ns>.<pending>`` (9 tokens), or the v2
-    form with domain and account hash after ``$JS.ACK`` (12 or more tokens).
-    """
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9:
-        seq, ts_ns = tokens[5], tokens[7]
-    elif len(tokens) >= 12:
-        seq, ts_ns = tokens[7], tokens[9]
-    else:
-        raise ProjectorError(f"not a JetStream message (reply subject {msg.reply!r})")
-    return RawMessage(int(seq), msg.subject, msg.data, int(ts_ns) / 1e9)
-
-
-async def fetch_batch(sub: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
-    """``sub.fetch(batch, timeout)`` without nats-py's per-message ``wait_for`` (about 100 µs a message,
-    the projector's largest cost at 20k events/s): the same pull requests (no_wait first, then one that
-    waits up to ``timeout``), read straight from the subscription's queue. Returns at least one message
-    or raises TimeoutError. Messages still due to a waiting request stay in the queue for the next call,
-    in stream order. Falls back to ``sub.fetch`` if nats-py's internals are not as expected."""
-    inner = getattr(sub, "_sub", None)
-    queue: asyncio.Queue[Msg] | None = getattr(inner, "_pending_queue", None)
-    nms, deliver, nc = getattr(sub, "_nms", None), getattr(sub, "_deliver", None), getattr(sub, "_nc", None)
-    if inner is None or queue is None or not nms or not deliver or nc is None:
-        return await sub.fetch(batch, timeout=timeout)
-    msgs: list[Msg] = []
-
-    def take(msg: Msg) -> str | None:
-        """Keep a stream message; return the status code of a status message (skipped)."""
-        inner._pending_size -= len(msg.data)
-        status = JetStreamContext.is_status_msg(msg)
-        if status is None:
-            msgs.append(msg)
-        return status
-
-    def drain() -> None:
-        while len(msgs) < batch and not queue.empty():
-            take(queue.get_nowait())
-
-    drain()
-    if len(msgs) < batch:
-        # what the server has now, without waiting: it ends a short answer with a 404/408 status
-        await nc.publish(nms, json.dumps({"batch": batch - len(msgs), "no_wait": True}).encode(), deliver)
-        deadline = time.monotonic() + timeout
-        while len(msgs) < batch:
-            try:
-                msg = await asyncio.wait_for(queue.get(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                break
-            status = take(msg)
-            if status in (api.StatusCode.NO_MESSAGES, api.StatusCode.REQUEST_TIMEOUT):
-                break
-            drain()
-    if msgs:
-        return msgs
-    # nothing yet: one request that waits for the next message; take what has arrived with it
-    await nc.publish(nms, json.dumps({"batch": batch, "expires": int(timeout * 1e9)}).encode(), deliver)
-    deadline = time.monotonic() + timeout
-    while not msgs:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        try:
-            take(await asyncio.wait_for(queue.get(), left))
-        except TimeoutError:
-            raise TimeoutError from None
-    await asyncio.sleep(0)  # let the messages sent with it reach the queue
-    drain()
-    return msgs
 
 
 class Projector:
     """Projects the events stream into the DuckDB connection ``con`` (opened with
     :func:`ledger.schema.connect_db`). Only this object writes to ``con``; readers use cursors.
 
-    ``before_ack`` is a test hook awaited after a batch is committed and before it is acked (raise in
-    it to simulate a crash at the worst moment).
+    ``batch_size`` bounds the messages in one transaction; ``window`` how many are requested ahead of
+    the one in hand. ``before_ack`` is a test hook awaited after a batch is committed and before it is
+    acked (raise in it to simulate a crash at the worst moment).
     """
 
     def __init__(
@@ -120,6 +53,7 @@ class Projector:
         consumer: str = subjects.LEDGER_CONSUMER,
         batch_size: int = 10_000,
         fetch_timeout: float = 0.5,
+        window: int | None = None,
         before_ack: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.js = js
@@ -127,12 +61,15 @@ class Projector:
         self.consumer = consumer
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
+        # the consumer's max_ack_pending (50k) bounds delivered-but-unacked messages: the batch being
+        # written, the one being projected and the window requested ahead must fit under it
+        self.window = window if window is not None else min(2 * batch_size, 25_000)
         self.before_ack = before_ack
         self.last_seq = 0
         self.events_projected = 0
         self.rejected = 0
         self.recreated = 0
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._feed: PullFeed | None = None
         self._progress = asyncio.Condition()
 
     # ---------------------------------------------------------------------------------------------
@@ -160,15 +97,15 @@ class Projector:
         await self._bind()
 
     async def _bind(self) -> None:
-        self._sub = await self.js.pull_subscribe_bind(
-            durable=self.consumer, stream=subjects.STREAM, pending_msgs_limit=4 * self.batch_size + 1000
-        )
+        self._feed = PullFeed(
+            self.js._nc, subjects.STREAM, self.consumer,
+            request=max(1, min(self.batch_size, self.window // 2)), window=self.window,
+        )  # fmt: skip
+        await self._feed.start()
 
     async def _recreate(self) -> None:
         self.recreated += 1
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        await self.close()
         try:
             await self.js.delete_consumer(subjects.STREAM, self.consumer)
         except NotFoundError:
@@ -177,84 +114,121 @@ class Projector:
         await self._bind()
 
     async def close(self) -> None:
-        if self._sub is not None:
+        if self._feed is not None:
+            feed, self._feed = self._feed, None
             try:
-                await self._sub.unsubscribe()
+                await feed.close()
             except nats.errors.Error as e:  # connection already closed: nothing to unsubscribe from
                 log.debug("unsubscribe: %s", e)
-            self._sub = None
 
     # ---------------------------------------------------------------------------------------------
-    # the loop
+    # the stages: fetch and project, write, ack
 
-    async def _holds_before(self, first: int) -> bool:
-        msg = await self.js.get_msg(subjects.STREAM, seq=self.last_seq + 1, next=True)
+    async def _holds_before(self, first: int, after: int) -> bool:
+        msg = await self.js.get_msg(subjects.STREAM, seq=after + 1, next=True)
         return msg.seq is not None and msg.seq < first
 
-    async def step(self) -> int:
-        """Fetch, project, commit and ack one batch. Returns how many messages it handled (0: idle)."""
-        if self._sub is None:
+    async def _fetch(
+        self, after: int, wake: asyncio.Future[Any] | None = None
+    ) -> tuple[Batch, Rows | None, bool]:
+        """The next batch, its rows (None: nothing new in it, only ack it) and whether it starts after a
+        gap (then the caller recreates the consumer). ``after`` is the last sequence the database will
+        hold once the write in flight (if any) commits. An empty batch: idle."""
+        if self._feed is None:
             await self.start()
-        assert self._sub is not None
-        try:
-            msgs = await fetch_batch(self._sub, self.batch_size, self.fetch_timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return 0
-        raw = [raw_message(m) for m in msgs]
-        fresh = [r for r in raw if r.seq > self.last_seq]
-        if (
-            fresh
-            and min(r.seq for r in fresh) > self.last_seq + 1
-            and await self._holds_before(min(r.seq for r in fresh))
-        ):
+        assert self._feed is not None
+        batch = await self._feed.fetch(self.batch_size, self.fetch_timeout, wake=wake)
+        if not batch:
+            return batch, None, False
+        seqs = batch.seqs
+        first = next((s for s in seqs if s > after), None)
+        if first is None:
+            return batch, None, False  # a redelivery of what is already projected: ack it
+        if first > after + 1 and await self._holds_before(first, after):
             # Messages before this batch were delivered to a fetch that is gone; they would come back
             # only after ack_wait, behind newer ones. Replay instead of projecting out of order.
-            log.warning("gap before seq %s (have %s): recreating consumer %s", fresh[0].seq, self.last_seq,
-                        self.consumer)  # fmt: skip
-            await self._recreate()
-            return len(msgs)
-        if fresh:
-            rows = project(fresh, after_seq=self.last_seq)
-            # A cancel must not leave the commit running in its thread behind our back (a restart
-            # would read a position that is about to move): finish the write, then re-raise.
-            write = asyncio.ensure_future(asyncio.to_thread(apply, self.con, rows, consumer=self.consumer))
+            log.warning("gap before seq %s (have %s): recreating consumer %s", first, after, self.consumer)
+            return batch, None, True
+        with gc_paused():
+            rows = project_columns(seqs, batch.subjects, batch.datas, batch.tss, after_seq=after)
+        return batch, rows, False
+
+    def _write(self, rows: Rows) -> int:
+        with gc_paused():
+            return apply(self.con, rows, consumer=self.consumer)
+
+    async def _finish(self, batch: Batch, rows: Rows | None, write: asyncio.Future[int] | None) -> None:
+        """Wait for the batch's commit (a cancel waits for it too: a restart must not read a position
+        that is about to move), then ack it and wake the waiters."""
+        if write is not None:
             try:
                 new = await asyncio.shield(write)
             except asyncio.CancelledError:
                 await asyncio.wait([write])
                 raise
+            assert rows is not None
             self.events_projected += new
             self.rejected += len(rows.rejects.get("seq", ()))
             self.last_seq = rows.last_seq
         if self.before_ack is not None:
             await self.before_ack()
-        await msgs[-1].ack()  # AckPolicy.ALL: acks the whole batch
+        assert self._feed is not None
+        await self._feed.ack_all(batch)
         async with self._progress:
             self._progress.notify_all()
-        return len(msgs)
+
+    def _start_write(self, rows: Rows | None) -> asyncio.Future[int] | None:
+        if rows is None or not rows.last_seq:
+            return None
+        return asyncio.ensure_future(asyncio.to_thread(self._write, rows))
+
+    async def step(self) -> int:
+        """Fetch, project, commit and ack one batch. Returns how many messages it handled (0: idle)."""
+        batch, rows, gap = await self._fetch(self.last_seq)
+        if gap:
+            await self._recreate()
+        elif batch:
+            await self._finish(batch, rows, self._start_write(rows))
+        return len(batch)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Project until ``stop`` is set; the batch in hand is always finished (committed and acked)."""
-        if self._sub is None:
+        """Project until ``stop`` is set; the batch in hand is always finished (committed and acked).
+        Fetching and projecting the next batch overlaps the write of the previous one."""
+        if self._feed is None:
             await self.start()
-        while not stop.is_set():
-            try:
-                await self.step()
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
-                if stop.is_set():
-                    break
-                raise
-            except ProjectorError:
-                raise
-            except (nats.errors.Error, OSError) as e:
-                # a broken fetch (reconnect in progress): the messages come back, so just retry
-                log.warning("fetch failed, retrying: %r", e)
-                await asyncio.sleep(0.2)
-
+        pending: tuple[Batch, Rows | None, asyncio.Future[int] | None] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    after = pending[1].last_seq if pending and pending[1] else self.last_seq
+                    batch, rows, gap = await self._fetch(after, wake=pending[2] if pending else None)
+                    if pending is not None and (batch or pending[2] is None or pending[2].done()):
+                        done, pending = pending, None
+                        await self._finish(*done)
+                    if gap:
+                        await self._recreate()
+                    elif batch:
+                        pending = (batch, rows, self._start_write(rows))
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                    if stop.is_set():
+                        break
+                    raise
+                except ProjectorError:
+                    raise
+                except (nats.errors.Error, OSError) as e:
+                    # a broken fetch (reconnect in progress): the messages come back, so just retry
+                    log.warning("fetch failed, retrying: %r", e)
+                    await asyncio.sleep(0.2)
+            if pending is not None:
+                done, pending = pending, None
+                await self._finish(*done)
+        finally:
+            if pending is not None and pending[2] is not None:
+                await asyncio.wait([pending[2]])  # never leave a commit running behind the caller's back
     async def run_until_idle(self, *, timeout: float = 30.0) -> int:
         """Burst mode (like arq's burst workers): project until the consumer has nothing pending.
         Returns the stream sequence reached."""
-        if self._sub is None:
+        if self._feed is None:
             await self.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from pathlib import Path
 
 import duckdb
@@ -17,10 +18,18 @@ from nats.js import api as jsapi
 
 from bus import subjects
 from ledger.errors import ArchiveError, ProjectorError
-from ledger.projection import RawMessage, apply, project
-from ledger.projector import fetch_batch, raw_message
+from ledger.fetch import Batch, PullFeed
+from ledger.gcpause import gc_paused
+from ledger.projection import RawMessage, Rows, apply, project, project_columns
+
+log = logging.getLogger("swarm.ledger.replay")
 
 REPLAY_CONSUMER = "replay"  # the projector_state key of a replayed database
+
+
+def _apply_paused(con: duckdb.DuckDBPyConnection, rows: Rows, consumer: str) -> int:
+    with gc_paused():
+        return apply(con, rows, consumer=consumer)
 
 
 async def replay_stream(
@@ -36,55 +45,101 @@ async def replay_stream(
     from the start or from ``start_time`` (unix seconds). Returns the last stream sequence projected.
 
     Uses an ephemeral pull consumer with no acks (nothing is redelivered, messages arrive in stream
-    order; a sequence going backwards is an error) that the server removes when idle.
+    order; a sequence going backwards is an error), removed at the end (or by the server when idle).
+    Each ``batch_size`` messages are one transaction, written in a worker thread while the next batch
+    is fetched and projected.
     """
     info = await js.stream_info(subjects.STREAM)
     target = info.state.last_seq or 0
     if target == 0:
         return 0
-    cfg = jsapi.ConsumerConfig(
-        ack_policy=jsapi.AckPolicy.NONE,
-        deliver_policy=jsapi.DeliverPolicy.ALL if start_time is None else jsapi.DeliverPolicy.BY_START_TIME,
-        opt_start_time=None if start_time is None else datetime.datetime.fromtimestamp(start_time, datetime.UTC),
-        inactive_threshold=30.0,
-        max_deliver=1,
-        mem_storage=True,
-    )  # fmt: skip
-    sub = await js.pull_subscribe(">", stream=subjects.STREAM, config=cfg, pending_msgs_limit=4 * batch_size + 40_000)
+    request = max(1, min(batch_size, 10_000))
+    nc = js._nc
+
+    async def open_feed(from_seq: int | None) -> tuple[str, PullFeed]:
+        """An ephemeral consumer from ``start_time`` (or the start), or from sequence ``from_seq``."""
+        cfg = jsapi.ConsumerConfig(
+            ack_policy=jsapi.AckPolicy.NONE, deliver_policy=jsapi.DeliverPolicy.ALL, inactive_threshold=30.0,
+            max_deliver=1, mem_storage=True,
+        )  # fmt: skip
+        if from_seq is not None:
+            cfg.deliver_policy, cfg.opt_start_seq = jsapi.DeliverPolicy.BY_START_SEQUENCE, from_seq
+        elif start_time is not None:
+            cfg.deliver_policy = jsapi.DeliverPolicy.BY_START_TIME
+            cfg.opt_start_time = datetime.datetime.fromtimestamp(start_time, datetime.UTC)
+        cinfo = await js.add_consumer(subjects.STREAM, cfg)
+        feed = PullFeed(nc, subjects.STREAM, cinfo.name, request=request, window=4 * request)
+        await feed.start()
+        return cinfo.name, feed
+
+    async def close_feed(name: str, feed: PullFeed) -> None:
+        try:
+            await feed.close()
+            await js.delete_consumer(subjects.STREAM, name)
+        except (nats.errors.Error, nats.js.errors.NotFoundError):
+            pass  # the server removes it when idle anyway
+
+    async def next_held(after: int) -> int | None:
+        """The first sequence after ``after`` that the stream holds (None: none)."""
+        try:
+            msg = await js.get_msg(subjects.STREAM, seq=after + 1, next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return msg.seq
+
     last = 0
-    pending: list[RawMessage] = []
-    loop = asyncio.get_running_loop()
+    pending = Batch()
     write: asyncio.Future[int] | None = None
+    loop = asyncio.get_running_loop()
+
+    async def flush(batch: Batch) -> None:
+        nonlocal write
+        with gc_paused():
+            rows = project_columns(batch.seqs, batch.subjects, batch.datas, batch.tss)
+        if write is not None:
+            await write  # one write at a time, in stream order
+        write = loop.run_in_executor(None, _apply_paused, con, rows, consumer)
+
+    name, feed = await open_feed(None)
+    reopened = 0
     try:
         while last < target:
-            try:
-                msgs = await fetch_batch(sub, min(batch_size, 10_000), fetch_timeout)
-            except (TimeoutError, nats.errors.TimeoutError):
-                break  # nothing more at or after start_time (or the tail was deleted)
-            for m in msgs:
-                raw = raw_message(m)
-                if raw.seq <= last:
-                    raise ProjectorError(f"replay got seq {raw.seq} after {last}: stream order broken")
-                last = raw.seq
-                pending.append(raw)
+            got = await feed.fetch(min(batch_size - len(pending), request), fetch_timeout)
+            lost = False
+            if not got:
+                # idle: the end (nothing at or after start_time, or the tail was deleted), or messages
+                # lost on the way (a reconnect: this consumer does not redeliver)
+                lost = last > 0 and (await next_held(last) or target + 1) <= target
+                if not lost:
+                    break
+            elif last and got.seqs[0] > last + 1:
+                lost = (await next_held(last) or got.seqs[0]) < got.seqs[0]
+            if lost:
+                reopened += 1
+                if reopened > 20:
+                    raise ProjectorError(f"replay keeps losing messages after seq {last}; giving up")
+                log.warning("replay lost messages after seq %s: reading again from there", last)
+                await close_feed(name, feed)
+                name, feed = await open_feed(last + 1)
+                continue
+            if got.seqs[0] <= last or any(b <= a for a, b in zip(got.seqs, got.seqs[1:], strict=False)):
+                raise ProjectorError(f"replay got seq {got.seqs[0]} after {last}: stream order broken")
+            last = got.seqs[-1]
+            pending.seqs += got.seqs
+            pending.subjects += got.subjects
+            pending.datas += got.datas
+            pending.tss += got.tss
             if len(pending) >= batch_size or last >= target:
-                rows = project(pending)
-                pending = []
-                # overlap: write this batch in a thread while the next one is fetched
-                if write is not None:
-                    await write
-                write = loop.run_in_executor(None, lambda r=rows: apply(con, r, consumer=consumer))  # type: ignore[misc]
+                batch, pending = pending, Batch()
+                await flush(batch)
         if pending:
-            if write is not None:
-                await write
-            write = loop.run_in_executor(None, lambda r=project(pending): apply(con, r, consumer=consumer))  # type: ignore[misc]
+            await flush(pending)
         if write is not None:
             await write
     finally:
-        try:
-            await sub.unsubscribe()
-        except nats.errors.Error:
-            pass
+        if write is not None and not write.done():
+            await asyncio.wait([write])  # never leave a commit running behind the caller's back
+        await close_feed(name, feed)
     return last
 
 
