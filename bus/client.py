@@ -323,6 +323,52 @@ def _pub_ack(data: bytes) -> jsapi.PubAck | None:
     return jsapi.PubAck.from_response(resp)
 
 
+_subject_cache: dict[tuple[Any, ...], str] = {}
+_HDR_TAIL = f"\r\n{jsapi.Header.EXPECTED_STREAM.value}: {subjects.STREAM}\r\n\r\n".encode()
+
+
+def _cached_subject(ev: Event) -> str:
+    """:func:`subjects.event_subject`, remembered per (type, run, hardware class): its token checks are
+    a regex each, the largest cost of a bulk publish after encoding."""
+    key = (type(ev), ev.run, getattr(ev, "hw_class", None))
+    got = _subject_cache.get(key)
+    if got is None:
+        got = subjects.event_subject(ev)  # raises ValueError for a bad token: never cached
+        if len(_subject_cache) > 10_000:
+            _subject_cache.clear()
+        _subject_cache[key] = got
+    return got
+
+
+async def _send_chunk(nc: NATS, prefix: str, events: Sequence[Event], start: int, stop: int) -> None:
+    """Publish ``events[start:stop]`` as one write of HPUB frames (what ``nc.publish`` sends for each,
+    without its per-message work: header validation, a command and a flush check per message). Falls
+    back to ``nc.publish`` for a message it would refuse or treat specially (while reconnecting, a
+    payload over the server's limit, a header value with a line break)."""
+    send_command = getattr(nc, "_send_command", None)
+    flush = getattr(nc, "_flush_pending", None)
+    raw = send_command is not None and flush is not None and nc.is_connected
+    reply = prefix.encode()
+    frames: list[bytes] = []
+    size = 0
+    for i in range(start, stop):
+        ev = events[i]
+        subject, data, eid = _cached_subject(ev), encode(ev), ev.event_id
+        if not raw or len(data) > nc.max_payload or "\r" in eid or "\n" in eid:
+            await nc.publish(subject, data, reply=f"{prefix}.{i}",
+                             headers={"Nats-Msg-Id": eid, jsapi.Header.EXPECTED_STREAM: subjects.STREAM})  # fmt: skip
+            continue
+        hdr = b"NATS/1.0\r\nNats-Msg-Id: " + eid.encode() + _HDR_TAIL
+        frames.append(b"HPUB %s %s.%d %d %d\r\n%s%s\r\n" % (
+            subject.encode(), reply, i, len(hdr), len(hdr) + len(data), hdr, data))  # fmt: skip
+        size += len(data)
+    if frames and send_command is not None and flush is not None:
+        nc.stats["out_msgs"] += len(frames)
+        nc.stats["out_bytes"] += size
+        await send_command(b"".join(frames))
+        await flush()
+
+
 async def publish_many(
     js: JetStreamContext, events: Iterable[Event], *, window: int = 4000, timeout: float = 10.0
 ) -> list[jsapi.PubAck]:
@@ -367,12 +413,7 @@ async def publish_many(
         for c, start in enumerate(range(0, n, chunk)):
             if c >= 2:
                 await asyncio.wait([done[c - 2]], timeout=timeout)
-            for i in range(start, min(start + chunk, n)):
-                ev = events[i]
-                await nc.publish(
-                    subjects.event_subject(ev), encode(ev), reply=f"{prefix}.{i}",
-                    headers={"Nats-Msg-Id": ev.event_id, jsapi.Header.EXPECTED_STREAM: subjects.STREAM},
-                )  # fmt: skip
+            await _send_chunk(nc, prefix, events, start, min(start + chunk, n))
         await asyncio.wait(done[-2:], timeout=timeout)
     finally:
         await sub.unsubscribe()
