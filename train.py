@@ -432,7 +432,7 @@ def main():
             if res.status != "ok":
                 print(f"evaluation: {res.status}: {res.reason}", flush=True)
             results["val_bpb"] = f"{res.val_bpb:.6f}" if res.val_bpb is not None else "nan"
-    mfu = 100 * flops_per_token * total_tokens / training_time / peak_flops if training_time else 0.0
+    mfu = 100 * flops_per_token * counted_tokens / training_time / peak_flops if training_time else 0.0  # warm-up excluded from both
     results.update(
         training_seconds=f"{training_time:.1f}",
         total_seconds=f"{time.time() - t_start:.1f}",

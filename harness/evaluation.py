@@ -319,6 +319,7 @@ def evaluate(train_py: str | Path, model_dir: str | Path, val_dir: str | Path, *
     env = {k: v for k, v in os.environ.items() if k not in ("SWARM_VAL_DIR", "SWARM_FEED")}
     procs: list[subprocess.Popen[str]] = []
     outs: list[list[str]] = []
+    readers: list[threading.Thread] = []
     with tempfile.TemporaryDirectory(prefix="swarm-eval-") as tmp:
         servers = [listen(Path(tmp) / f"model-{k}.sock") for k in range(trusted.shards)]
         for k in range(trusted.shards):
@@ -328,7 +329,8 @@ def evaluate(train_py: str | Path, model_dir: str | Path, val_dir: str | Path, *
                                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
             out: list[str] = []
             outs.append(out)
-            threading.Thread(target=lambda p=procs[-1], o=out: o.extend(p.stdout or []), daemon=True).start()
+            readers.append(threading.Thread(target=lambda p=procs[-1], o=out: o.extend(p.stdout or []), daemon=True))
+            readers[-1].start()
         conns: list[socket.socket] = []
         try:
             conns = [accept(srv, timeout=300) for srv in servers]
@@ -346,6 +348,11 @@ def evaluate(train_py: str | Path, model_dir: str | Path, val_dir: str | Path, *
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            for t in readers:
+                t.join(timeout=5)
+            for proc in procs:
+                if proc.stdout is not None:
+                    proc.stdout.close()
     failed = [(p.returncode, "".join(o)[-1500:].strip()) for p, o in zip(procs, outs, strict=True) if p.returncode]
     if result.status == "error" and failed:
         code, tail = failed[0]

@@ -30,6 +30,8 @@ def check_module_level(source: str) -> None:
 
 _OOM_MARKERS = (
     "CUDA out of memory",
+    "CUDA error: out of memory",  # torch.AcceleratorError
+    "CUBLAS_STATUS_ALLOC_FAILED",
     "OutOfMemoryError",
     "MemoryError",
     "std::bad_alloc",

@@ -48,7 +48,7 @@ from runner.errors import CalibrationFailed, ContractViolation, RunnerError
 from runner.executors.base import Executor, Job, NodeData
 from runner.executors.steps import LineCallback
 from runner.intake import Intake, Item
-from runner.jobs import Deadlines, make_job, remove_job
+from runner.jobs import Deadlines, keep_compile_cache, make_job, remove_job
 from runner.outcome import Outcome
 
 log = logging.getLogger("swarm.runner")
@@ -163,6 +163,8 @@ class Runner:
                        deadlines=self.lab.deadlines(budget), eval_timeout=self.lab.eval_timeout())
         try:
             out = await self.lab.calibrate(job)
+            if out.status == "ok":
+                await asyncio.to_thread(keep_compile_cache, cfg, job)
         finally:
             kept = cfg.state_dir / "logs" / "calibration.log"
             with contextlib.suppress(OSError):

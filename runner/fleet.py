@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -79,10 +80,10 @@ class FleetConfig:
     budget_seconds: float = 300.0  # simulated seconds of training per experiment
     ack_wait: float = 30.0  # wall seconds (the lease); renewed every third of it
     max_deliver: int = 5
-    fetch_timeout: float = 5.0
+    fetch_timeout: float = 7.5  # an idle runner re-asks every min(this, ack_wait / 4) s, per class
     per_connection: int = 64
     prefetch: bool = False  # one item ahead per runner: idles others when the queue is short
-    progress_interval: float = 2.0
+    progress_interval: float = 5.0  # cosmetic (live views); a thousand runners send them
     stop_grace_seconds: float = 600.0
     id_prefix: str = "sim"
     baseline_train_py: Path = field(default_factory=lambda: REPO_ROOT / "train.py")
@@ -117,13 +118,15 @@ class FleetStats:
 
 
 async def _prepare_consumers(nc: NATS, cfg: FleetConfig) -> None:
-    """The work consumers once, before a thousand runners ask for them at the same moment."""
+    """The work consumers once, before a thousand runners ask for them at the same moment. Every idle runner
+    keeps a pull request waiting on each of its classes' consumers, and JetStream refuses more than
+    ``max_waiting`` (default 512) with a 409 that nats-py reports as a timeout: the refused runners would
+    spin, re-asking. So the fleet sizes it (until bus.work_consumer_config takes a max_waiting)."""
     js = nc.jetstream()
     await ensure_stream(js)
     for cls in sorted({c for c, _ in cfg.classes} | {"any"}):
-        await ensure_consumer(
-            js, work_consumer_config(cfg.run, cls, ack_wait=cfg.ack_wait, max_deliver=cfg.max_deliver)
-        )
+        ccfg = work_consumer_config(cfg.run, cls, ack_wait=cfg.ack_wait, max_deliver=cfg.max_deliver)
+        await ensure_consumer(js, dataclasses.replace(ccfg, max_waiting=max(512, 2 * cfg.size)))
 
 
 async def run_fleet(cfg: FleetConfig, stop: asyncio.Event) -> FleetStats:
@@ -167,10 +170,10 @@ def parse_args(argv: list[str] | None = None) -> FleetConfig:
     p.add_argument("--budget", type=float, default=300.0, help="simulated seconds of training")
     p.add_argument("--ack-wait", type=float, default=30.0)
     p.add_argument("--max-deliver", type=int, default=5)
-    p.add_argument("--fetch-timeout", type=float, default=5.0)
+    p.add_argument("--fetch-timeout", type=float, default=7.5)
     p.add_argument("--per-connection", type=int, default=64)
     p.add_argument("--prefetch", action="store_true")
-    p.add_argument("--progress-interval", type=float, default=2.0)
+    p.add_argument("--progress-interval", type=float, default=5.0)
     p.add_argument("--stop-grace", type=float, default=600.0)
     p.add_argument("--id-prefix", default="sim")
     p.add_argument("--baseline-train-py", default=str(REPO_ROOT / "train.py"))

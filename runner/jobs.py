@@ -2,7 +2,9 @@
 the step environment: what each step sees, its variables, its limits).
 
     job_dir/            the runner's (0700): nothing here is mounted whole
-      work/             training's cwd and only writable place: train.py, prepare.py (pristine), out/, tmp/
+      work/             training's cwd and only writable place: train.py, prepare.py (pristine), out/, tmp/,
+                        cache/ (this job's copy of the runner's compile cache: warm, but whatever the job
+                        writes into it dies with the job, so no experiment can plant code another loads)
       eval/             the model process's cwd, read-only to it: the verified train.py, pristine prepare.py
       train.log         the full log of every step
     /tmp/swarm-XXXX/    feed.sock (training data), eval-<k>.sock (the trusted evaluation), read-only mount:
@@ -66,12 +68,37 @@ def make_job(config: RunnerConfig, node: NodeData, hid: str, attempt: int, sourc
             shutil.copyfile(pristine, d / "prepare.py")
     (job.work_dir / "out").mkdir()
     (job.work_dir / "tmp").mkdir()
+    cache = compile_cache(config)
+    if cache.is_dir():
+        shutil.copytree(cache, job.work_dir / "cache", symlinks=True)
+    else:
+        (job.work_dir / "cache").mkdir()
     for d in (job.work_dir, job.work_dir / "out", job.work_dir / "tmp"):
         d.chmod(0o777)  # steps run as nobody where the sandbox can switch users
+    for root, dirs, _ in os.walk(job.work_dir / "cache"):
+        os.chmod(root, 0o777)
+        del dirs
     for d in (job.eval_dir, job.sock_dir):
         d.chmod(0o755)
     job.log_path.touch()
     return job
+
+
+def compile_cache(config: RunnerConfig) -> Path:
+    """The runner's persistent torch.compile cache (inductor + triton). Only the calibration run — the
+    runner's own train.py — writes it (:func:`keep_compile_cache`); every experiment gets a copy."""
+    return config.state_dir / "compile_cache"
+
+
+def keep_compile_cache(config: RunnerConfig, job: Job) -> None:
+    """After a trusted run (calibration), its compile cache becomes the runner's."""
+    src, dst = job.work_dir / "cache", compile_cache(config)
+    if src.is_dir():
+        tmp = dst.with_name(dst.name + ".new")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, symlinks=True)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
 
 
 def remove_job(job: Job) -> None:
@@ -139,6 +166,9 @@ def train_step(config: RunnerConfig, node: NodeData, job: Job, *, gpu: str | Non
         "SWARM_BUDGET": f"{job.budget_seconds:g}",
         "SWARM_BUDGET_UNIT": job.budget_unit,
         "SWARM_SEED": str(job.seed),
+        # compiled kernels: this job's copy of the runner's warm cache (see make_job)
+        "TORCHINDUCTOR_CACHE_DIR": str(job.work_dir / "cache" / "inductor"),
+        "TRITON_CACHE_DIR": str(job.work_dir / "cache" / "triton"),
     })
     python, mounts = interpreter(config)
     mounts += [Mount(node.data_view), Mount(job.sock_dir), Mount(job.work_dir, writable=True)]

@@ -50,10 +50,11 @@ class UpConfig:
 
 
 def _gpu_count() -> int:
-    try:
-        import torch
+    """GPUs (or MIG slices) this machine's runners can own, from nvidia-smi (runner.hardware)."""
+    from runner.hardware import list_devices
 
-        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    try:
+        return len(list_devices())
     except Exception:
         return 0
 

@@ -276,9 +276,6 @@ def test_a_real_cpu_allocation_failure_is_oom() -> None:
     assert "DefaultCPUAllocator" in log and looks_like_oom(log)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="runner/contract.py's markers miss these real CUDA OOM messages (lead)"
-)
 @pytest.mark.parametrize("message", [CUDA_ERROR_OOM, CUBLAS_OOM], ids=["cuda-error", "cublas-alloc"])
 def test_other_cuda_allocation_failures_are_oom(message: str) -> None:
     from runner.contract import looks_like_oom

@@ -131,11 +131,19 @@ atexit.register(forge)
 """, 1), {"rejected"}),
     # -- the file system, the network, other experiments -------------------------------------------------
     "looks_for_validation_data_everywhere": (in_main("""
-import glob, os
-hits = []
-for pattern in ('/**/idlelib/*.py', '/**/val/shard_*.bin', '/**/val*.bin', '/root/.cache/**', '/tmp/**/val/*'):
-    hits += glob.glob(pattern, recursive=True)[:3]
-print('VAL_FILES', [h for h in hits if 'site-packages' not in h][:5], flush=True)
+import os
+hits, seen = [], 0
+for root in ('/', ):
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if os.path.join(d, x) not in ('/proc', '/sys', '/dev')]
+        seen += len(files)
+        if os.path.basename(d) in ('idlelib', 'turtledemo', 'tkinter', 'lib2to3', 'pydoc_data') and files:
+            hits.append(d)
+        if os.path.basename(d) == 'val' and any(f.endswith('.bin') for f in files):
+            hits.append(d)
+        if seen > 300_000:
+            break
+print('VAL_FILES', hits[:5], flush=True)
 print('VAL_ENV', {k: v for k, v in os.environ.items() if 'VAL' in k}, flush=True)
 """), {"ok"}),
     "plants_files_for_the_next_experiment": (at_eval("""
@@ -149,9 +157,17 @@ for d in ('/dev/shm', '/tmp', os.environ.get('HOME', '/tmp'), os.getcwd(), os.pa
 subprocess.Popen([sys.executable, '-c', 'import time, os\\nwhile True:\\n    time.sleep(0.2)\\n    '
                   'open("/dev/shm/PLANTED_BY_CHILD", "w").write("x")'], start_new_session=True)
 """), {"ok"}),
+    "plants_code_in_the_compile_cache": (in_main("""
+import os
+cache = os.environ['TORCHINDUCTOR_CACHE_DIR']
+os.makedirs(cache, exist_ok=True)
+open(os.path.join(cache, 'PLANTED_BY_TRAIN.py'), 'w').write('print("pwned")')
+print('PLANTED_CACHE', cache, flush=True)
+"""), {"ok"}),
     "reads_what_others_planted": (in_main("""
 import os, glob
-marks = [p for d in ('/dev/shm', '/tmp', os.environ.get('HOME', '/tmp')) for p in glob.glob(d + '/PLANTED_BY_*')]
+dirs = ('/dev/shm', '/tmp', os.environ.get('HOME', '/tmp'), os.environ['TORCHINDUCTOR_CACHE_DIR'])
+marks = [p for d in dirs for p in glob.glob(d + '/PLANTED_BY_*')]
 print('MARKS', marks, flush=True)
 """), {"ok"}),
     "opens_the_network": (in_main("""
@@ -269,6 +285,7 @@ def test_what_the_attacks_saw(outcome: dict[str, Any]) -> None:
     assert "PLANTED /dev/shm" in planted  # its own private /dev/shm...
     marks = _log(outcome, "reads_what_others_planted")
     assert "MARKS []" in marks, marks[-2000:]  # ...which the next experiment does not share
+    assert "PLANTED_CACHE" in _log(outcome, "plants_code_in_the_compile_cache")  # its own copy of the cache
     net = _log(outcome, "opens_the_network")
     assert "NET_BLOCKED" in net and "NET_OPEN" not in net
     assert "causality checks failed" in _result(outcome, "peeks_at_the_next_token").reason
