@@ -314,6 +314,9 @@ def evaluate(train_py: str | Path, model_dir: str | Path, val_dir: str | Path, *
     """Score saved weights: model processes for train.py's model, this process for the scoring."""
     t0 = time.monotonic()
     train_py, model_dir = Path(train_py).resolve(), Path(model_dir).resolve()
+    for need in (train_py, model_dir / "model.pt", model_dir / "config.json"):
+        if not need.is_file():
+            raise FileNotFoundError(f"{need} does not exist: nothing to evaluate (train first, or fix the path)")
     trusted = TrustedEvaluator(val_dir, seq_len=seq_len, eval_tokens=eval_tokens, batch_size=batch_size,
                                seed=seed, device=device or "cpu")
     env = {k: v for k, v in os.environ.items() if k not in ("SWARM_VAL_DIR", "SWARM_FEED")}

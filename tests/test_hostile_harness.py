@@ -197,6 +197,7 @@ print('REWROTE_AND_DELETED', flush=True)
     "floods_its_output": (in_main("for i in range(200_000):\n    print('x' * 60)"), {"ok"}),
     "allocates_without_bound": (in_main("hog = []\nwhile True:\n    hog.append(bytearray(256 << 20))"), {"oom"}),
     "fork_bomb": (in_main(f"""
+import os
 for _ in range(9):  # bounded by construction (at most 2**9 processes), all sleeping until killed
     try:
         os.fork()
