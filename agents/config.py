@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.paired import PairedRule
 from agents.policy import DecisionRule
 
 
@@ -17,7 +18,10 @@ class AgentConfig:
     base_train_py: str
     program_md: str = ""  # the default direction; a ProgramChanged event overrides it
     hw_class: str = "any"  # hardware request of screen-tier proposals
-    validate_class: str | None = None  # class of validate-tier repeats; None: the class it ran on
+    # screen -> validate: a result that beats its screen class's best by more than σ is re-run on this class
+    # and kept there only if it wins there too. None: the fastest class present (its baselines' tokens/s);
+    # "" or the only class: no promotion
+    validate_class: str | None = None
     max_wave: int = 16
     max_experiments: int | None = None
     max_waves: int | None = None
@@ -39,7 +43,14 @@ class AgentConfig:
     # wave (an LLM reads a factorial grid at once); 0.5 keeps runners busy (rolling waves, knob proposers)
     wave_quorum: float = 1.0
     request_timeout: float = 5.0  # ledger read API
-    rule: DecisionRule = field(default_factory=DecisionRule)
+    rule: DecisionRule = field(default_factory=DecisionRule)  # wall-clock budgets: σ of the baselines
+    paired: bool = True  # deterministic (tokens) budgets: paired comparisons on common seeds
+    paired_rule: PairedRule = field(default_factory=PairedRule)
+    # champion audit: after this many keeps (by any agent) on a class since its last audit, re-run the
+    # class's best and its ablations (one per kept step) and demote the steps whose gain does not survive.
+    # None: never
+    audit_every: int | None = 4
+    grid_max: int = 32  # the most experiments one proposed grid may expand to
     baselines: bool = True
     baseline_repeats: int = 3
     budget: float | None = None  # asked of the runners, in their profile's unit (None: the profile's budget)

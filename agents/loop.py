@@ -22,14 +22,16 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from agents.audit import Audits
 from agents.baselines import Baselines, baseline_id, ensure_baselines
 from agents.breaker import CircuitBreaker
 from agents.budget import budget_left, wave_size
 from agents.config import AgentConfig
-from agents.edits import Validated, apply_edits, unified_diff, validate_source
+from agents.edits import Validated, apply_edits, validate_source
 from agents.errors import AgentError, ValidationError
-from agents.judge import Judge
+from agents.judge import Judge, screen_seed
 from agents.knobs import knob_values
+from agents.promotion import Promotions, validate_class
 from agents.proposers.base import (
     AgentContext,
     LlmCall,
@@ -41,7 +43,9 @@ from agents.proposers.base import (
 )
 from agents.proposers.knob_search import summary_note
 from agents.report import AgentStats, WaveReport, WaveReporter, one_line
+from agents.shared import WaveBook, avoid_set, read_memory
 from agents.tail import RunTail
+from agents.waves import expand
 from bus import BusError, publish, publish_many
 from bus.events import (
     BASELINE,
@@ -56,6 +60,7 @@ from bus.events import (
     new_event_id,
 )
 from bus.readapi import LedgerClient, LedgerError, NoLedger
+from bus.trainpy import profile_of_class
 
 __all__ = [
     "AgentConfig",
@@ -92,6 +97,10 @@ class Agent:
         self.baselines = Baselines(self.js, self.tail, run=config.run, agent=config.agent,
                                    base_train_py=config.base_train_py, repeats=config.baseline_repeats)  # fmt: skip
         self.judge = Judge(config, self.tail, stop, self.stats, self.buffer, self.baselines.queue)
+        self.promotions = Promotions(self)
+        self.judge.on_kept = self.promotions.on_kept
+        self.audits = Audits(self)
+        self.wavebook = WaveBook(config, self.tail)
         self.outstanding: dict[str, HypothesisProposed] = {}  # own, not decided yet
         self.rejections: list[Rejection] = []
         self.crashes: list[Result] = []
@@ -150,10 +159,10 @@ class Agent:
         """(id, source, val_bpb) to build on: the best kept on the requested class (own lineage, or anyone's
         when ``follow_global_best``), else the unmodified train.py."""
         candidates: list[tuple[float, str]] = []
-        for hid, d in self.tail.decided.items():
+        for hid in self.tail.decided:
             p = self.tail.proposals.get(hid)
             v = self.tail.ok_val(hid)
-            if d.decision != "keep" or p is None or v is None:
+            if not self.tail.kept(hid) or p is None or v is None:
                 continue
             if p.agent != self.cfg.agent and (self.cfg.isolated or not self.cfg.follow_global_best):
                 continue
@@ -237,7 +246,7 @@ class Agent:
         return v
 
     def proposed_event(self, hid: str, draft: ProposalDraft, v: Validated, parent: str, tags: list[str],
-                       hw_class: str, tier: str) -> HypothesisProposed:  # fmt: skip
+                       hw_class: str, tier: str, seed: int | None = None) -> HypothesisProposed:  # fmt: skip
         knobs = draft.knobs
         try:
             knobs = knob_values(v.source)
@@ -258,7 +267,8 @@ class Agent:
             rationale=draft.rationale,
             tier="validate" if tier == "validate" else "screen",
             hw_class=hw_class,
-            seed=self.cfg.seed * 100_003 + self.stats.proposed,
+            # common random numbers: the seed of the reference's first run (agents.paired)
+            seed=screen_seed(self.tail, parent) if seed is None else seed,
             budget=self.cfg.budget,
             tags=tags,
             knobs=knobs,
@@ -273,14 +283,16 @@ class Agent:
         """Queue up to ``k`` confirming repeats the judge asked for; how many."""
         n = 0
         while self.judge.to_repeat and n < k:
-            orig = self.judge.to_repeat.pop(0)
-            p = self.tail.proposals[orig]
-            cls = self.cfg.validate_class or self.tail.ran_on(orig) or p.hw_class
+            c = self.judge.to_repeat.pop(0)
+            p = self.tail.proposals[c.original]
             hid = str(uuid.uuid4())
-            v = Validated(p.train_py, p.train_py_sha256, p.ast_sha256, unified_diff(p.train_py, p.train_py))
-            draft = ProposalDraft(description=f"repeat of {orig[:8]}: {p.description}"[:500], rationale="confirm")
-            ev = self.proposed_event(hid, draft, v, orig, [REPEAT_TAG], cls, "validate")
-            self.judge.repeats_of[hid] = orig
+            v = Validated(p.train_py, p.train_py_sha256, p.ast_sha256, "")
+            draft = ProposalDraft(description=f"repeat of {c.original[:8]} on seed {c.seed}: {p.description}"[:500],
+                                  rationale="confirm")  # fmt: skip
+            # on the class it ran on: a paired difference only means something on one class
+            ev = self.proposed_event(hid, draft, v, c.original, [REPEAT_TAG], c.hw_class or p.hw_class, "validate",
+                                     seed=c.seed)  # fmt: skip
+            self.judge.confirming[hid] = c.original
             self.publish_hypothesis(ev)
             n += 1
         return n
@@ -313,6 +325,11 @@ class Agent:
             return 0
         self.stats.waves += 1
         repeats = self.publish_repeats(k)
+        repeats += self.promotions.publish(k - repeats)
+        for cls in self.audits.due():  # audits ride along: a few runs, outside the wave's size
+            for ev in await self.audits.start(cls):
+                self.outstanding[ev.hypothesis_id] = ev
+                self.stats.proposed += 1
         await self.flush()  # repeats were decided before this wave: out before the model is asked
         k -= repeats
         if k <= 0:
@@ -326,6 +343,7 @@ class Agent:
                 notes=[n for n in reply.notes if n.agent == cfg.agent],
             )
         parent_id, parent_source, parent_val = self.parent()
+        memory = await read_memory(cfg, self.tail, self.ledger, self.ask, self.sees)
         ctx = AgentContext(
             run=cfg.run,
             agent=cfg.agent,
@@ -347,6 +365,8 @@ class Agent:
             sigma={s.hw_class: self.judge.sigma_of(reply, s.hw_class, s.baseline_mean or 1.0) for s in reply.stats},
             seen=self.tail.seen,
             deadline=time.monotonic() + cfg.wave_llm_seconds,
+            memory=memory,
+            avoid=avoid_set(memory, self.tail, parent_id),
         )
         self.rejections, self.crashes, self.decided_results = [], [], []
         t_propose = time.monotonic()
@@ -408,11 +428,19 @@ class Agent:
         cfg = self.cfg
         ids: list[str] = []
         first_rejection = ""
+        drafts = list(batch.proposals)
+        factors: list[str] = []
+        for grid in batch.grids:  # a grid is a whole wave: expanded here, deduplicated below
+            expanded, rejected = expand(grid, parent_source, limit=max(k, cfg.grid_max),
+                                        device=profile_of_class(cfg.hw_class))  # fmt: skip
+            batch.rejections.extend(rejected)
+            drafts.extend(expanded)
+            factors += [f for f in grid.factors if f not in factors]
         for rej in batch.rejections:
             first_rejection = first_rejection or rej.reason
             await self.reject(rej)
         valid: list[tuple[ProposalDraft, Validated]] = []
-        for draft in batch.proposals:
+        for draft in drafts:
             if len(valid) >= k:
                 await self.reject(Rejection(f"over the wave size {k}", draft.description), draft)
                 continue
@@ -426,15 +454,23 @@ class Agent:
                 continue
             valid.append((draft, v))
         ledger_seen = await self.seen_by_ledger([v for _, v in valid])  # one round trip per wave
+        fresh = [(d, v) for d, v in valid if v.sha256 not in ledger_seen and v.ast_sha256 not in ledger_seen]
+        wave = self.wavebook.start(parent_id, batch.grids[0].description if batch.grids else "", factors) \
+            if len(fresh) >= 2 else None  # fmt: skip
+        vc = validate_class(cfg, self.tail)
         for draft, v in valid:
-            if v.sha256 in ledger_seen or v.ast_sha256 in ledger_seen:
+            if (draft, v) not in fresh:
                 reason = "duplicate: the ledger says this train.py was already proposed"
                 first_rejection = first_rejection or reason
                 await self.reject(Rejection(reason, draft.description), draft)
                 continue
-            hw = cfg.validate_class if draft.tier == "validate" and cfg.validate_class else cfg.hw_class
-            ev = self.proposed_event(draft.hypothesis_id, draft, v, parent_id, [], hw, draft.tier)
+            # validate-tier work goes to the validate class's work subject (runners of other classes refuse it)
+            hw = vc if draft.tier == "validate" and vc else cfg.hw_class
+            tags = [self.wavebook.tag(wave)] if wave is not None else []
+            ev = self.proposed_event(draft.hypothesis_id, draft, v, parent_id, tags, hw, draft.tier)
             self.publish_hypothesis(ev)
+            if wave is not None:
+                self.wavebook.add(wave, ev)
             ids.append(ev.hypothesis_id)
         await self.flush()
         return ids, first_rejection
@@ -464,6 +500,9 @@ class Agent:
         wave_results: list[Result] = []
         for hid in [h for h in list(self.outstanding) if h in self.tail.finished]:
             self.outstanding.pop(hid)
+            if self.audits.owns(hid):
+                await self.audits.finished(hid)
+                continue
             r = self.result_of(hid)
             wave_results.append(r)
             if r.status != "ok":
@@ -471,9 +510,16 @@ class Agent:
             if reply is None:
                 reply = await self.context_reply()
             await self.judge.judge(hid, reply)
+            for promoted in list(self.promotions.promoted):
+                await self.promotions.after_decision(promoted)
         await self.flush()
         self.decided_results.extend(wave_results)
-        if wave_results and not self.proposer.writes_notes:
+        analysed = False
+        for _, note in self.wavebook.completed(lambda cls: self.judge.sigma_for_notes(cls)):
+            if note is not None:
+                analysed = True
+                await self.note(note.title, note.body, list(note.refs))
+        if wave_results and not self.proposer.writes_notes and not analysed:
             note = summary_note(self.cfg.agent, self.proposer.strategy, wave_results)
             if note is not None:
                 await self.note(note.title, note.body, list(note.refs))

@@ -31,7 +31,10 @@ from bus.events import (
     ExperimentFinished,
     ExperimentRow,
     HypothesisDecided,
+    HypothesisDemoted,
     HypothesisProposed,
+    MemoryReply,
+    MemoryRequest,
     NoteRow,
     NoteWritten,
     ProgramChanged,
@@ -39,6 +42,7 @@ from bus.events import (
     RunnerLeft,
     decode,
 )
+from bus.memory import DEMOTED, RERUN_TAGS, MemRow, build_memory
 from bus.results import ResultFold, counts_on
 
 log = logging.getLogger("swarm.agents.tail")
@@ -52,6 +56,9 @@ class RunTail:
         self.finished: dict[str, ExperimentFinished] = {}  # the result of each hypothesis (bus.results)
         self.fold = ResultFold()
         self.decided: dict[str, HypothesisDecided] = {}
+        self.demoted: dict[str, HypothesisDemoted] = {}
+        self.claimed: dict[str, str] = {}  # hypothesis -> the runner of its latest claim
+        self.repeats: dict[str, list[str]] = {}  # hypothesis -> its confirming repeats, in order
         self.runners: dict[str, RunnerJoined] = {}
         self.agents: dict[str, AgentJoined] = {}
         self.notes: list[NoteWritten] = []
@@ -102,8 +109,12 @@ class RunTail:
     def apply(self, ev: object) -> None:
         match ev:
             case HypothesisProposed():
-                self.proposals.setdefault(ev.hypothesis_id, ev)
-                if BASELINE_TAG not in ev.tags and REPEAT_TAG not in ev.tags:
+                if ev.hypothesis_id in self.proposals:
+                    return
+                self.proposals[ev.hypothesis_id] = ev
+                if REPEAT_TAG in ev.tags:
+                    self.repeats.setdefault(ev.parent, []).append(ev.hypothesis_id)
+                if BASELINE_TAG not in ev.tags and not any(t in ev.tags for t in RERUN_TAGS):
                     self.seen.add(ev.train_py_sha256, ev.ast_sha256)
             case ExperimentFinished():
                 if self.fold.finish(ev) == "result":  # the one rule of what counts (bus.results)
@@ -111,8 +122,11 @@ class RunTail:
                     self.finish_order.append(ev.hypothesis_id)
             case ExperimentClaimed():
                 self.fold.claim(ev)
+                self.claimed[ev.hypothesis_id] = ev.runner
             case HypothesisDecided():
                 self.decided[ev.hypothesis_id] = ev
+            case HypothesisDemoted():
+                self.demoted[ev.hypothesis_id] = ev
             case RunnerJoined():
                 self.runners[ev.runner] = ev
             case RunnerLeft():
@@ -151,6 +165,15 @@ class RunTail:
             return f.hw_class
         p = self.proposals.get(hypothesis_id)
         return p.hw_class if p is not None else ""
+
+    def repeats_of(self, hypothesis_id: str) -> list[str]:
+        """The confirming repeats of a hypothesis (REPEAT_TAG, parent = it), in the order proposed."""
+        return self.repeats.get(hypothesis_id, [])
+
+    def kept(self, hypothesis_id: str) -> bool:
+        """Decided keep and not demoted by an audit since."""
+        d = self.decided.get(hypothesis_id)
+        return d is not None and d.decision == "keep" and hypothesis_id not in self.demoted
 
     def ok_val(self, hypothesis_id: str) -> float | None:
         f = self.finished.get(hypothesis_id)
@@ -251,3 +274,26 @@ class RunTail:
             pending=pending,
             runners_online=len(self.runners),
         )
+
+    def memory_rows(self) -> list[MemRow]:
+        """Every hypothesis as :mod:`bus.memory` reads it."""
+        rows = []
+        order = {h: i for i, h in enumerate(self.finish_order)}
+        for hid, p in self.proposals.items():
+            f = self.finished.get(hid)
+            d = self.decided.get(hid)
+            decision = DEMOTED if hid in self.demoted else (d.decision if d else None)
+            rows.append(MemRow(
+                hypothesis_id=hid, agent=p.agent, parent=p.parent, description=p.description, tags=p.tags,
+                knobs=p.knobs, hw_class=p.hw_class, tier=p.tier, seed=p.seed, proposed_ts=p.ts,
+                status=f.status if f else None, val_bpb=f.val_bpb if f else None,
+                ran_on=self.ran_on(hid) if f else "", decision=decision,
+                runner=f.runner if f else self.claimed.get(hid, ""), order=float(order.get(hid, 0)), diff=p.diff,
+            ))  # fmt: skip
+        return rows
+
+    def local_memory(self, req: MemoryRequest) -> MemoryReply:
+        """The MemoryReply the ledger would give, from the events (fallback when it is silent)."""
+        notes = [NoteRow(note_id=n.note_id, agent=n.agent, title=n.title, body=n.body, refs=list(n.refs), ts=n.ts)
+                 for n in self.notes]  # fmt: skip
+        return build_memory(self.memory_rows(), notes, req)

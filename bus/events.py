@@ -77,6 +77,8 @@ BASELINE = "baseline"  # the parent of an unmodified train.py, and the agent nam
 # the tags of HypothesisProposed: one vocabulary for the agents, the ledger's views and the exports
 BASELINE_TAG = "baseline"  # the unmodified train.py, run R times per hardware class (its mean and σ)
 REPEAT_TAG = "repeat"  # a confirming re-run of another hypothesis (validate tier; parent = the original)
+PROMOTION_TAG = "promotion"  # a screen-class win re-run on the validate class (validate tier; parent = the original)
+AUDIT_TAG = "audit"  # a champion audit's run: the best again, or the best without one kept step
 
 
 class Hardware(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -258,6 +260,19 @@ class ProgramChanged(Event, tag=True, frozen=True):
     by: str = "human"
 
 
+class HypothesisDemoted(Event, tag=True, frozen=True):
+    """A kept hypothesis whose gain did not survive a champion audit: re-run inside the current best, the
+    best without this step was not worse. No agent builds on it or compares against it after this."""
+
+    hypothesis_id: str
+    by: str
+    reason: str = ""
+    champion: str = ""  # the best whose lineage holds the step
+    delta: float | None = None  # mean (best without the step − best), paired by seed; > 0 means it helped
+    sigma: float | None = None
+    audit: list[str] = msgspec.field(default_factory=list)  # hypothesis ids of the audit's runs
+
+
 AnyEvent: TypeAlias = (
     HypothesisProposed
     | ExperimentClaimed
@@ -271,6 +286,7 @@ AnyEvent: TypeAlias = (
     | LlmUsage
     | ProposalRejected
     | ProgramChanged
+    | HypothesisDemoted
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {t.__name__: t for t in AnyEvent.__args__}
@@ -452,6 +468,24 @@ class CompareRequest(Request, tag="compare", frozen=True):
     runs: list[str] = msgspec.field(default_factory=list)
 
 
+class MemoryRequest(Request, tag="memory", frozen=True):
+    """The swarm's shared memory (bus.memory): per-class bests with lineage and diffs, the top results of
+    all agents, the knob effect table and interactions, dead ends, the notebook, what is in flight. Every
+    list is capped, so the reply stays small however long the run."""
+
+    agent: str = ""
+    hw_class: str | None = None  # only this class's best and lineage (None: every class)
+    top: int = 12
+    knob_rows: int = 60
+    interactions: int = 12
+    dead_ends: int = 20
+    in_flight: int = 30
+    notes: int = 6
+    note_chars: int = 700
+    lineage_steps: int = 12
+    diff_chars: int = 1500
+
+
 AnyRequest: TypeAlias = (
     BestRequest
     | RecentRequest
@@ -465,6 +499,7 @@ AnyRequest: TypeAlias = (
     | OverviewRequest
     | HypothesisRequest
     | CompareRequest
+    | MemoryRequest
 )
 
 
@@ -736,6 +771,110 @@ class CompareReply(Reply, tag="compare", frozen=True):
     result: dict[str, Any]  # ledger.analysis.compare.CompareResult.to_dict()
 
 
+class LineageStep(msgspec.Struct, kw_only=True, frozen=True):
+    """One kept step on the way to a class's best: its change against its parent and the diff."""
+
+    hypothesis_id: str
+    agent: str
+    val_bpb: float | None = None
+    parent: str = BASELINE
+    delta: float | None = None  # val_bpb − the parent's, same class (paired by seed for the baseline)
+    description: str = ""
+    change: str = ""  # normalised: knob values set, and a digest of the code change
+    diff: str = ""
+    demoted: bool = False
+
+
+class ClassMemory(msgspec.Struct, kw_only=True, frozen=True):
+    hw_class: str
+    best_val_bpb: float | None = None
+    best_id: str = BASELINE
+    best_agent: str = BASELINE
+    description: str = ""
+    baseline_val_bpb: float | None = None
+    kept: int = 0
+    lineage: list[LineageStep] = msgspec.field(default_factory=list)  # the baseline's child first
+
+
+class TopResult(msgspec.Struct, kw_only=True, frozen=True):
+    hypothesis_id: str
+    agent: str
+    hw_class: str
+    val_bpb: float
+    delta: float | None = None
+    description: str = ""
+    decision: str = ""
+    change: str = ""
+
+
+class KnobEffect(msgspec.Struct, kw_only=True, frozen=True):
+    """One value of one knob: Δ against the parent when it was the only change (n, mean, σ, best), when
+    changed with other knobs (n_joint), and how often it failed."""
+
+    knob: str
+    value: str
+    n: int = 0
+    mean_delta: float | None = None
+    sigma: float | None = None
+    best_delta: float | None = None
+    n_joint: int = 0
+    joint_mean_delta: float | None = None
+    failed: int = 0
+
+
+class Interaction(msgspec.Struct, kw_only=True, frozen=True):
+    """Two knob changes made alone and together from one parent: interaction = Δab − Δa − Δb."""
+
+    a: str
+    b: str
+    hw_class: str = ""
+    parent: str = BASELINE
+    n: int = 1
+    delta_ab: float = 0.0
+    delta_a: float = 0.0
+    delta_b: float = 0.0
+    interaction: float = 0.0
+
+
+class DeadEnd(msgspec.Struct, kw_only=True, frozen=True):
+    """A change (normalised content) that failed or lost: do not try it again."""
+
+    change: str
+    status: str
+    n: int = 1
+    mean_delta: float | None = None
+    reason: str = ""
+    example_id: str = ""
+    agent: str = ""
+
+
+class InFlight(msgspec.Struct, kw_only=True, frozen=True):
+    """A hypothesis proposed and not finished: someone is testing this now."""
+
+    hypothesis_id: str
+    agent: str
+    description: str = ""
+    change: str = ""
+    parent: str = BASELINE
+    hw_class: str = ""
+    tier: str = "screen"
+    runner: str = ""  # claimed by ("" = queued)
+    proposed_ts: float = 0.0
+    tags: list[str] = msgspec.field(default_factory=list)
+
+
+class MemoryReply(Reply, tag="memory", frozen=True):
+    classes: list[ClassMemory] = msgspec.field(default_factory=list)
+    top: list[TopResult] = msgspec.field(default_factory=list)
+    knobs: list[KnobEffect] = msgspec.field(default_factory=list)
+    interactions: list[Interaction] = msgspec.field(default_factory=list)
+    dead_ends: list[DeadEnd] = msgspec.field(default_factory=list)
+    notebook: list[NoteRow] = msgspec.field(default_factory=list)
+    in_flight: list[InFlight] = msgspec.field(default_factory=list)
+    in_flight_total: int = 0
+    experiments: int = 0  # finished, baselines not counted
+
+
 AnyReply: TypeAlias = (
     ErrorReply
     | BestReply
@@ -750,6 +889,7 @@ AnyReply: TypeAlias = (
     | OverviewReply
     | HypothesisReply
     | CompareReply
+    | MemoryReply
 )
 
 request_decoder = msgspec.msgpack.Decoder(AnyRequest)

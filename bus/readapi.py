@@ -98,6 +98,10 @@ class LedgerClient:
             ev.HypothesisRequest(run=self.run, hypothesis_id=hypothesis_id), ev.HypothesisReply
         )
 
+    async def memory(self, agent: str = "", **limits: Any) -> ev.MemoryReply:
+        """The swarm's shared memory (:class:`bus.events.MemoryRequest`; ``limits`` are its caps)."""
+        return await self.call(ev.MemoryRequest(run=self.run, agent=agent, **limits), ev.MemoryReply)
+
     async def compare(
         self, by: Literal["agent", "model"] = "agent", runs: list[str] | None = None
     ) -> dict[str, Any]:

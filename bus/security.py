@@ -66,7 +66,7 @@ def permissions(role: str) -> Permissions:
             publish=[
                 *_publishes(
                     ev.HypothesisProposed, ev.HypothesisDecided, ev.NoteWritten, ev.AgentJoined, ev.AgentLeft,
-                    ev.LlmUsage, ev.ProposalRejected,
+                    ev.LlmUsage, ev.ProposalRejected, ev.HypothesisDemoted,
                 ),
                 API_ALL_RUNS,
                 *_JS_READ,

@@ -29,6 +29,7 @@ _KINDS = {
     "LlmUsage": "usage",
     "ProposalRejected": "rejected",
     "ProgramChanged": "program",
+    "HypothesisDemoted": "demoted",
 }
 
 

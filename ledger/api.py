@@ -65,6 +65,8 @@ def answer(con: duckdb.DuckDBPyConnection, req: ev.AnyRequest) -> ev.AnyReply:
                 return watch.hypothesis(cur, req.run, req.hypothesis_id)
             case ev.CompareRequest():
                 return watch.compare(cur, req)
+            case ev.MemoryRequest():
+                return q.memory(cur, req)
         raise QueryError(f"unhandled request {type(req).__name__}")  # pragma: no cover
     finally:
         cur.close()

@@ -80,6 +80,10 @@ _MAPPING: dict[type[ev.Event], tuple[str, list[_Col]]] = {
     ]),
     ev.HypothesisDecided: ("decisions", [
         "hypothesis_id", "decision", "by", "reason", "val_bpb", "reference_val_bpb", "sigma"]),
+    # an audit's demotion is the hypothesis's latest decision ("demote"): it is no longer kept
+    ev.HypothesisDemoted: ("decisions", [
+        "hypothesis_id", ("decision", _const("demote")), "by", "reason", ("val_bpb", _const(None)),
+        ("reference_val_bpb", _const(None)), "sigma"]),
     ev.NoteWritten: ("notes", ["note_id", "agent", "title", "body", "refs"]),
     ev.AgentJoined: ("agents", [
         "agent", ("action", _const("joined")), "provider", "model", "strategy", ("config", _json_of("config")),

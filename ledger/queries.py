@@ -252,3 +252,61 @@ def agents(cur: duckdb.DuckDBPyConnection, run: str, problems: int = 5) -> list[
         )
         for r in rows
     ]  # fmt: skip
+
+
+# the most recent finished hypotheses the memory's effect table and dead ends read (bests and lineage
+# are exact whatever the run's length; see bus.memory)
+MEMORY_WINDOW = 20_000
+
+
+def memory(cur: duckdb.DuckDBPyConnection, req: ev.MemoryRequest) -> ev.MemoryReply:
+    """The shared memory of a run (:func:`bus.memory.build_memory`) from ``experiments``: every kept or
+    in-flight hypothesis and the baselines, plus the latest ``MEMORY_WINDOW`` finished ones; diffs only for
+    code edits (a knob change's content is its knob values) and for the lineage steps shown."""
+    from bus.memory import MemRow, build_memory
+
+    rows = cur.execute(
+        f"""WITH x AS (
+                SELECT * FROM experiment_state WHERE run = $1 AND proposals > 0
+            ), w AS (
+                SELECT hypothesis_id FROM x WHERE status IS NOT NULL ORDER BY finished_seq DESC
+                LIMIT {MEMORY_WINDOW}
+            ), b AS (
+                SELECT knobs FROM x WHERE list_contains(tags, '{ev.BASELINE_TAG}') LIMIT 1
+            ), chosen AS (
+                SELECT * FROM x WHERE status IS NULL OR decision IS NOT NULL AND decision <> 'discard'
+                    OR list_contains(tags, '{ev.BASELINE_TAG}') OR hypothesis_id IN (SELECT hypothesis_id FROM w)
+            )
+            SELECT c.hypothesis_id, c.agent, c.parent, c.description, c.tags, c.knobs, c.hw_class, c.tier, c.seed,
+                   c.proposed_ts, c.status, c.val_bpb, c.ran_on, c.decision,
+                   coalesce(c.runner, c.claims[-1].runner), coalesce(c.finished_seq, c.proposed_seq),
+                   CASE WHEN c.knobs IS NOT DISTINCT FROM
+                             (CASE WHEN c.parent = '{ev.BASELINE}' THEN (SELECT knobs FROM b) ELSE p.knobs END)
+                        THEN (SELECT left(h.diff, 8000) FROM hypotheses h
+                              WHERE h.run = $1 AND h.hypothesis_id = c.hypothesis_id LIMIT 1) END
+            FROM chosen c LEFT JOIN x p ON p.hypothesis_id = c.parent""",
+        [req.run],
+    ).fetchall()
+    mem = [
+        MemRow(hypothesis_id=r[0], agent=r[1] or "", parent=r[2] or ev.BASELINE, description=r[3] or "",
+               tags=r[4] or [], knobs=_json_dict.decode(r[5]) if r[5] else {}, hw_class=r[6] or "",
+               tier=r[7] or "screen", seed=int(r[8] or 0), proposed_ts=r[9] or 0.0, status=r[10], val_bpb=r[11],
+               ran_on=r[12] or "", decision=r[13], runner=r[14] or "", order=float(r[15] or 0), diff=r[16] or "")
+        for r in rows
+    ]  # fmt: skip
+    notes = cur.execute(
+        f"""SELECT note_id, agent, title, body, refs, ts FROM notes WHERE run = $1 AND (
+                seq IN (SELECT max(seq) FROM notes WHERE run = $1 GROUP BY agent)
+                OR seq IN (SELECT seq FROM notes WHERE run = $1 ORDER BY seq DESC LIMIT {max(0, min(int(req.notes), 100))}))
+            ORDER BY seq""",
+        [req.run],
+    ).fetchall()
+    note_rows = [ev.NoteRow(note_id=r[0], agent=r[1], title=r[2] or "", body=r[3] or "", refs=r[4] or [], ts=r[5])
+                 for r in notes]  # fmt: skip
+
+    def diff_of(hid: str) -> str:
+        got = cur.execute("SELECT diff FROM hypotheses WHERE run = $1 AND hypothesis_id = $2 LIMIT 1",
+                          [req.run, hid]).fetchone()  # fmt: skip
+        return (got[0] or "") if got else ""
+
+    return build_memory(mem, note_rows, req, diff_of)

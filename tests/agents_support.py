@@ -97,9 +97,12 @@ async def fake_runner(
     score: Callable[[HypothesisProposed], float | None] = knob_score,
     *,
     hw_class: str = "cpu",
+    budget_unit: str = "",
 ) -> AsyncIterator[list[HypothesisProposed]]:
     """Answers every proposal of the run like a runner does: a claim, then an ExperimentFinished (None from
-    ``score`` = crash). A finish without its claim would not count (bus.results)."""
+    ``score`` = crash). A finish without its claim would not count (bus.results). Work for a named class
+    runs on that class (a runner of each class), work for ``any`` on ``hw_class``. ``budget_unit``
+    "tokens": results the judge treats as deterministic per seed (paired comparisons)."""
     js = nc.jetstream()
     seen: list[HypothesisProposed] = []
 
@@ -109,14 +112,16 @@ async def fake_runner(
             return
         seen.append(ev)
         val = score(ev)
+        cls = hw_class if ev.hw_class == "any" else ev.hw_class
         await publish(js, ExperimentClaimed(run=run, source="fake-runner", hypothesis_id=ev.hypothesis_id, attempt=1,
-                                            runner="fake-runner", hardware=Hardware(hw_class=hw_class)))
+                                            runner="fake-runner", hardware=Hardware(hw_class=cls)))
         await publish(
             js,
             ExperimentFinished(
                 run=run, source="fake-runner", hypothesis_id=ev.hypothesis_id, attempt=1, runner="fake-runner",
-                status="ok" if val is not None else "crash", val_bpb=val, hw_class=hw_class,
+                status="ok" if val is not None else "crash", val_bpb=val, hw_class=cls,
                 reason="" if val is not None else "exit 1", log_tail="" if val is not None else "Traceback: boom",
+                budget_unit=budget_unit,
             ),
         )  # fmt: skip
 

@@ -87,7 +87,7 @@ async def test_claude_tool_use_gives_proposals_notes_and_cost(server: FakeLlmSer
     (req,) = server.requests
     assert req.path == "/v1/messages"
     body = req.body
-    assert {t["name"] for t in body["tools"]} == {"propose_experiments", "write_note"}
+    assert {t["name"] for t in body["tools"]} == {"propose_experiments", "propose_grid", "write_note"}
     assert body["tool_choice"] == {"type": "any"}
     assert "PROGRAM-MARKER" in body["system"]
     prompt = body["messages"][0]["content"]

@@ -49,6 +49,7 @@ def sample_events(run: str = "r1") -> list[ev.Event]:
         ev.LlmUsage(**common, agent="a1", provider="anthropic", model="m", input_tokens=10, cost_usd=0.1),
         ev.ProposalRejected(**common, agent="a1", reason="does not compile"),
         ev.ProgramChanged(**common, program_md="# go deeper"),
+        ev.HypothesisDemoted(**common, hypothesis_id="h1", by="a1", reason="audit", delta=-0.001, audit=["h2"]),
     ]  # fmt: skip
 
 

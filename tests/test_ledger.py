@@ -74,7 +74,7 @@ async def test_every_event_type_lands_in_its_table(js: JetStreamContext, tmp_pat
     assert p.events_projected == len(sent) and p.last_seq == len(sent)
     counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in DATA_TABLES}  # type: ignore[index]
     assert counts == {
-        "events": 12, "hypotheses": 1, "claims": 1, "results": 1, "decisions": 1, "notes": 1, "agents": 2,
+        "events": 13, "hypotheses": 1, "claims": 1, "results": 1, "decisions": 2, "notes": 1, "agents": 2,
         "runners": 2, "llm_usage": 1, "proposal_rejects": 1, "programs": 1, "rejects": 0,
     }  # fmt: skip
     # the raw bytes decode back to exactly what was sent
@@ -85,7 +85,7 @@ async def test_every_event_type_lands_in_its_table(js: JetStreamContext, tmp_pat
     assert con.execute("SELECT hw_class, steps_per_second, classes FROM runners WHERE action='joined'").fetchone() == (
         "cpu", 3.5, ["cpu", "any"])  # fmt: skip
     assert con.execute("SELECT status, val_bpb, disposition FROM results").fetchone() == ("ok", 1.23, "result")
-    assert con.execute("SELECT last_seq FROM projector_state").fetchone() == (12,)
+    assert con.execute("SELECT last_seq FROM projector_state").fetchone() == (len(sent),)
 
 
 async def test_republished_event_id_and_redelivery_change_nothing(js: JetStreamContext, tmp_path: Path) -> None:

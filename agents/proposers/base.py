@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from agents.edits import Edit, SeenSet
-from bus.events import ContextReply, Tier
+from bus.events import ContextReply, MemoryReply, Tier
 
 
 def new_hypothesis_id() -> str:
@@ -60,8 +60,21 @@ class LlmCall:
 
 
 @dataclass
+class Grid:
+    """A wave as a design: every combination of ``factors`` (knob -> values) applied to the parent, times
+    each of ``variants`` (lists of edits; none: the parent as it is). The loop expands it, drops what was
+    run or is in flight, and analyses the wave when it completes (main effects and interactions, a note)."""
+
+    description: str
+    factors: dict[str, list[Any]] = field(default_factory=dict)
+    variants: list[tuple[str, list[Edit]]] = field(default_factory=list)  # (label, edits)
+    rationale: str = ""
+
+
+@dataclass
 class ProposalBatch:
     proposals: list[ProposalDraft] = field(default_factory=list)
+    grids: list[Grid] = field(default_factory=list)
     notes: list[NoteDraft] = field(default_factory=list)
     calls: list[LlmCall] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
@@ -105,6 +118,10 @@ class AgentContext:
     sigma: dict[str, float] = field(default_factory=dict)  # hw class -> σ used by the decision rule
     seen: SeenSet = field(default_factory=SeenSet)
     deadline: float | None = None  # time.monotonic() by which propose must return (the wave's LLM time cap)
+    memory: MemoryReply | None = None  # the swarm's shared memory (bus.memory): bests, effects, in flight...
+    # normalised changes (bus.memory.change_key) not to propose on this parent: failed dead ends and what
+    # others are testing on the same parent now
+    avoid: set[str] = field(default_factory=set)
 
 
 @runtime_checkable

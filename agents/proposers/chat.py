@@ -123,9 +123,9 @@ class LlmProposer:
                         excerpt=text[:200],
                     )
                 )
-            elif not batch.proposals and not batch.rejections:
+            elif not batch.proposals and not batch.grids and not batch.rejections:
                 batch.rejections.append(Rejection("no experiments in the text answer", excerpt=text[:200]))
-        elif not batch.proposals and not batch.rejections:
+        elif not batch.proposals and not batch.grids and not batch.rejections:
             batch.rejections.append(Rejection(f"no experiments: call {PROPOSE_TOOL} with at least one"))
         return batch
 

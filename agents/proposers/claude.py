@@ -12,6 +12,9 @@ from anthropic.types import Message
 from agents.proposers.base import AgentContext, ProposalBatch
 from agents.proposers.chat import LlmProposer
 from agents.proposers.llm import (
+    GRID_DESCRIPTION,
+    GRID_SCHEMA,
+    GRID_TOOL,
     NOTE_DESCRIPTION,
     NOTE_SCHEMA,
     NOTE_TOOL,
@@ -27,6 +30,7 @@ from agents.proposers.retry import check_body
 
 TOOLS: list[dict[str, Any]] = [
     {"name": PROPOSE_TOOL, "description": PROPOSE_DESCRIPTION, "input_schema": PROPOSE_SCHEMA},
+    {"name": GRID_TOOL, "description": GRID_DESCRIPTION, "input_schema": GRID_SCHEMA},
     {"name": NOTE_TOOL, "description": NOTE_DESCRIPTION, "input_schema": NOTE_SCHEMA},
 ]
 # our tool_choice names -> the Messages API's

@@ -9,10 +9,13 @@ from agents.edits import ast_sha256, sha256
 from agents.errors import ValidationError
 from agents.knobs import KnobSpec, apply_knobs, parse_knobs
 from agents.proposers.base import AgentContext, NoteDraft, ProposalDraft, Result
+from bus.memory import change_key
 
 
 def knob_draft(ctx: AgentContext, params: Mapping[str, Any], label: str) -> ProposalDraft | None:
-    """A draft setting ``params`` on the parent, or None if it would be a duplicate or change nothing."""
+    """A draft setting ``params`` on the parent, or None if it would be a duplicate, change nothing, repeat
+    a change that failed (a dead end of the shared memory) or one another agent is testing on this parent
+    now (``ctx.avoid``)."""
     present = parse_knobs(ctx.parent_source)
     changes = {k: v for k, v in params.items() if k in present}
     try:
@@ -22,6 +25,8 @@ def knob_draft(ctx: AgentContext, params: Mapping[str, Any], label: str) -> Prop
     if source == ctx.parent_source or sha256(source) in ctx.seen or ast_sha256(source) in ctx.seen:
         return None
     changed = {k: v for k, v in changes.items() if present[k].value != v}
+    if ctx.avoid and change_key(changed) in ctx.avoid:
+        return None
     desc = ", ".join(f"{k}={v!r}" for k, v in changed.items())
     return ProposalDraft(
         description=f"{label}: {desc}"[:500],

@@ -9,10 +9,12 @@ from typing import Any
 
 from agents.edits import Edit
 from agents.knobs import parse_knobs
-from agents.proposers.base import AgentContext, NoteDraft, ProposalBatch, ProposalDraft, Rejection
+from agents.proposers.base import AgentContext, Grid, NoteDraft, ProposalBatch, ProposalDraft, Rejection
+from agents.proposers.memory_prompt import memory_sections
 from agents.proposers.retry import RetryPolicy
 
 PROPOSE_TOOL = "propose_experiments"
+GRID_TOOL = "propose_grid"
 NOTE_TOOL = "write_note"
 
 PROPOSE_SCHEMA: dict[str, Any] = {
@@ -46,6 +48,37 @@ PROPOSE_SCHEMA: dict[str, Any] = {
     "required": ["experiments"],
 }
 
+GRID_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "description": {"type": "string", "description": "What the wave tests, in a few words."},
+        "rationale": {"type": "string"},
+        "factors": {
+            "type": "array",
+            "description": "Knobs and the values to try; every combination becomes one experiment.",
+            "items": {
+                "type": "object",
+                "properties": {"knob": {"type": "string"}, "values": {"type": "array", "items": {}}},
+                "required": ["knob", "values"],
+            },
+        },
+        "variants": {
+            "type": "array",
+            "description": "Optional code variants (edits to the parent), crossed with the factors.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "description": {"type": "string"},
+                    "edits": {"type": "array", "items": {"type": "object", "properties": {
+                        "search": {"type": "string"}, "replace": {"type": "string"}}, "required": ["search", "replace"]}},
+                },
+                "required": ["description", "edits"],
+            },
+        },
+    },
+    "required": ["description"],
+}  # fmt: skip
+
 NOTE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -59,6 +92,10 @@ PROPOSE_DESCRIPTION = (
     "Submit a wave of experiments. Each is a list of search/replace edits applied to the parent train.py "
     "(each search text must occur exactly once). Tier 'screen' for new ideas, 'validate' to re-check one."
 )
+GRID_DESCRIPTION = (
+    "Submit a wave as a factorial design: knobs x values (and optional code variants); the swarm runs every "
+    "combination not already run or in flight, then writes the main effects and interactions to the notebook."
+)
 NOTE_DESCRIPTION = "Write a short note to the shared notebook: what the last results taught you."
 
 SYSTEM_TEMPLATE = """You are {agent}, one researcher in a swarm of agents improving train.py together.
@@ -67,14 +104,17 @@ You edit only train.py, with search/replace blocks against the parent train.py s
 
 {program_md}
 
-How to answer: call `{propose}` once with up to {k} experiments (a factorial grid or a sweep exposes more
-than single changes), and call `{note}` with a short note of what the latest results taught you.
+How to answer: call `{propose}` with up to {k} experiments, or `{grid}` with a factorial design of at most {k}
+combinations (a grid exposes interactions that single changes miss), and call `{note}` with a short note of
+what the latest results taught you. Read the shared memory below first: build on the best, do not repeat a
+dead end or what another agent is testing now.
 Differences smaller than the σ of a hardware class are noise. Never repeat an experiment already run.
 If you cannot call tools, answer with one ```json block holding {{"experiments": [...]}} in the tool's
 shape, or with one ```diff block (a unified diff of train.py) per experiment, each under a one-line title."""
 
 MAX_TAIL = 1500
 MAX_NOTE_BODY = 600
+RECENT_WITH_MEMORY = 15  # the memory already holds the best of everything: the latest few suffice
 
 
 def _fmt(v: float | None) -> str:
@@ -83,7 +123,7 @@ def _fmt(v: float | None) -> str:
 
 def system_prompt(ctx: AgentContext, k: int) -> str:
     return SYSTEM_TEMPLATE.format(
-        agent=ctx.agent, program_md=ctx.program_md.strip(), propose=PROPOSE_TOOL, note=NOTE_TOOL, k=k
+        agent=ctx.agent, program_md=ctx.program_md.strip(), propose=PROPOSE_TOOL, grid=GRID_TOOL, note=NOTE_TOOL, k=k
     )
 
 
@@ -110,14 +150,16 @@ def user_prompt(ctx: AgentContext, k: int) -> str:
         out.append("\n## Your results since your last turn")
         for x in ctx.results:
             out.append(f"- {x.hypothesis_id[:8]} {x.status} {_fmt(x.val_bpb)} on {x.hw_class}: {x.description}")
+    if ctx.memory is not None:
+        out.extend(memory_sections(ctx.memory, ctx.agent))
     out.append("\n## Recent results of all agents (newest first)")
     out.append("| id | agent | status | val_bpb | class | decision | description |\n|---|---|---|---|---|---|---|")
-    for e in r.recent:
+    for e in r.recent[: RECENT_WITH_MEMORY if ctx.memory is not None else None]:
         out.append(
             f"| {e.hypothesis_id[:8]} | {e.agent} | {e.status or 'pending'} | {_fmt(e.val_bpb)} | "
             f"{e.ran_on or e.hw_class} | {e.decision or ''} | {e.description[:100]} |"
         )
-    if r.notes:
+    if r.notes and ctx.memory is None:
         out.append("\n## Notebook: notes since your last look")
         for n in r.notes:
             out.append(f"### {n.title} ({n.agent})\n{n.body[:MAX_NOTE_BODY]}")
@@ -148,8 +190,11 @@ def parse_tool_input(name: str, args: Any, batch: ProposalBatch) -> None:
         else:
             batch.rejections.append(Rejection(f"{NOTE_TOOL} needs string fields title and body", excerpt=_ex(args)))
         return
+    if name == GRID_TOOL:
+        parse_grid(args, batch)
+        return
     if name != PROPOSE_TOOL:
-        batch.rejections.append(Rejection(f"unknown tool {name!r}; use {PROPOSE_TOOL} or {NOTE_TOOL}"))
+        batch.rejections.append(Rejection(f"unknown tool {name!r}; use {PROPOSE_TOOL}, {GRID_TOOL} or {NOTE_TOOL}"))
         return
     experiments = args.get("experiments") if isinstance(args, Mapping) else None
     if not isinstance(experiments, list):
@@ -184,6 +229,35 @@ def parse_tool_input(name: str, args: Any, batch: ProposalBatch) -> None:
                 tier="validate" if tier == "validate" else "screen",
             )
         )
+
+
+def parse_grid(args: Any, batch: ProposalBatch) -> None:
+    """A ``propose_grid`` call as a :class:`Grid` (or a rejection saying what is wrong)."""
+    if not isinstance(args, Mapping):
+        batch.rejections.append(Rejection(f"{GRID_TOOL} needs an object", excerpt=_ex(args)))
+        return
+    desc = str(args.get("description") or "")
+    factors: dict[str, list[Any]] = {}
+    for f in args.get("factors") or []:
+        knob, values = (f.get("knob"), f.get("values")) if isinstance(f, Mapping) else (None, None)
+        if not isinstance(knob, str) or not isinstance(values, list) or not values:
+            batch.rejections.append(Rejection("each factor needs a knob name and a non-empty list of values",
+                                              desc, _ex(f)))  # fmt: skip
+            return
+        factors[knob] = values
+    variants: list[tuple[str, list[Edit]]] = []
+    for v in args.get("variants") or []:
+        edits = [Edit(e["search"], e["replace"]) for e in (v.get("edits") or []) if isinstance(v, Mapping)
+                 and isinstance(e, Mapping) and isinstance(e.get("search"), str) and isinstance(e.get("replace"), str)]
+        if not edits:
+            batch.rejections.append(Rejection("a variant needs edits of {search: str, replace: str}", desc, _ex(v)))
+            return
+        variants.append((str(v.get("description") or "variant")[:200], edits))
+    if not factors and not variants:
+        batch.rejections.append(Rejection(f"{GRID_TOOL} needs factors or variants", desc, _ex(args)))
+        return
+    rationale = args.get("rationale")
+    batch.grids.append(Grid(desc[:500] or "grid", factors, variants, rationale if isinstance(rationale, str) else ""))
 
 
 def parse_json_args(name: str, raw: str, batch: ProposalBatch) -> None:

@@ -13,6 +13,9 @@ from agents.pricing import is_provider_api
 from agents.proposers.base import AgentContext, ProposalBatch, Rejection
 from agents.proposers.chat import LlmProposer
 from agents.proposers.llm import (
+    GRID_DESCRIPTION,
+    GRID_SCHEMA,
+    GRID_TOOL,
     NOTE_DESCRIPTION,
     NOTE_SCHEMA,
     NOTE_TOOL,
@@ -28,6 +31,7 @@ from agents.proposers.retry import check_body
 
 TOOLS: list[dict[str, Any]] = [
     {"type": "function", "function": {"name": PROPOSE_TOOL, "description": PROPOSE_DESCRIPTION, "parameters": PROPOSE_SCHEMA}},
+    {"type": "function", "function": {"name": GRID_TOOL, "description": GRID_DESCRIPTION, "parameters": GRID_SCHEMA}},
     {"type": "function", "function": {"name": NOTE_TOOL, "description": NOTE_DESCRIPTION, "parameters": NOTE_SCHEMA}},
 ]
 

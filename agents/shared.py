@@ -1,0 +1,113 @@
+"""An agent's side of the swarm's shared memory and of its waves.
+
+* :func:`read_memory` asks the ledger for the memory (:class:`bus.events.MemoryRequest`) and, when it does
+  not answer (or the agent is isolated), builds the same thing from the events it read;
+* :func:`avoid_set` is what a knob proposer must not propose on a parent: changes that failed (dead ends,
+  by normalised content) and what any agent is testing on the same parent right now;
+* :class:`WaveBook` remembers the agent's published waves and writes each one's analysis to the notebook
+  when its last member finishes (:mod:`agents.waves`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agents.config import AgentConfig
+from agents.tail import RunTail
+from agents.waves import WAVE_TAG, Member, Wave, analyse, new_wave_id
+from bus.events import BASELINE, BASELINE_TAG, HypothesisProposed, MemoryReply, MemoryRequest
+from bus.memory import build_memory, change_key, knob_changes
+from bus.readapi import LedgerClient
+
+
+async def read_memory(cfg: AgentConfig, tail: RunTail, ledger: LedgerClient,
+                      ask: Callable[[str, Awaitable[Any]], Awaitable[Any]],
+                      sees: Callable[[str], bool]) -> MemoryReply:  # fmt: skip
+    """The shared memory for this agent's next wave."""
+    if cfg.isolated:  # only its own work and the baselines, built from the events
+        rows = [r for r in tail.memory_rows() if sees(r.agent)]
+        notes = [n for n in tail.local_memory(MemoryRequest(run=cfg.run, notes=0)).notebook if n.agent == cfg.agent]
+        return build_memory(rows, notes, MemoryRequest(run=cfg.run, agent=cfg.agent))
+    reply = await ask("memory", ledger.memory(cfg.agent))
+    if isinstance(reply, MemoryReply):
+        return reply
+    return tail.local_memory(MemoryRequest(run=cfg.run, agent=cfg.agent))
+
+
+def avoid_set(memory: MemoryReply, tail: RunTail, parent: str) -> set[str]:
+    """Normalised changes not to propose on ``parent``: failed dead ends, and changes in flight on it."""
+    out = {d.change for d in memory.dead_ends if "ok" not in d.status.split("/")}
+    for hid, p in tail.proposals.items():
+        if hid in tail.finished or p.parent != parent or BASELINE_TAG in p.tags:
+            continue
+        parent_knobs = tail.proposals[parent].knobs if parent in tail.proposals else _base_knobs(tail)
+        if parent_knobs:
+            out.add(change_key(knob_changes(p.knobs, parent_knobs)))
+    return out
+
+
+def _base_knobs(tail: RunTail) -> dict[str, Any]:
+    for p in tail.proposals.values():
+        if BASELINE_TAG in p.tags:
+            return dict(p.knobs)
+    return {}
+
+
+class WaveBook:
+    """The agent's waves: tag the members of a batch, analyse a wave when it completes."""
+
+    def __init__(self, cfg: AgentConfig, tail: RunTail) -> None:
+        self.cfg, self.tail = cfg, tail
+        self.open: dict[str, Wave] = {}
+
+    def start(self, parent: str, description: str, factors: list[str]) -> Wave:
+        w = Wave(new_wave_id(), self.cfg.agent, parent, factors=factors, description=description)
+        self.open[w.wave_id] = w
+        return w
+
+    def tag(self, w: Wave) -> str:
+        return WAVE_TAG + w.wave_id
+
+    def add(self, w: Wave, ev: HypothesisProposed) -> None:
+        w.members.append(ev.hypothesis_id)
+
+    def completed(self, sigma: Callable[[str], float | None]) -> list[tuple[Wave, Any]]:
+        """Waves whose members have all finished: (wave, its analysis note or None); forgotten after."""
+        out = []
+        for wid, w in list(self.open.items()):
+            if not w.members:
+                del self.open[wid]
+                continue
+            if not all(h in self.tail.finished for h in w.members):
+                continue
+            del self.open[wid]
+            if len(w.members) < 2:
+                continue
+            # one class only: the one most members ran on (a difference means something on one class)
+            classes = [self.tail.ran_on(h) for h in w.members]
+            cls = max(set(classes), key=classes.count)
+            members = [Member(h, self.tail.ok_val(h), self.tail.proposals[h].knobs) for h in w.members
+                       if self.tail.ran_on(h) == cls]  # fmt: skip
+            parent = self._parent_member(w, cls)
+            if parent is not None:
+                members.append(parent)
+            out.append((w, analyse(w, members, sigma=sigma(cls))))
+        return out
+
+    def _parent_member(self, w: Wave, cls: str) -> Member | None:
+        """The wave's parent as a point of its design, when it ran on the members' class and seed."""
+        if not w.members:
+            return None
+        seed = self.tail.proposals[w.members[0]].seed
+        if w.parent == BASELINE:
+            for h, p in self.tail.proposals.items():
+                if BASELINE_TAG in p.tags and p.seed == seed and self.tail.ran_on(h) == cls:
+                    v = self.tail.ok_val(h)
+                    return Member(h, v, p.knobs) if v is not None else None
+            return None
+        par = self.tail.proposals.get(w.parent)
+        v = self.tail.ok_val(w.parent)
+        if par is None or v is None or par.seed != seed or self.tail.ran_on(w.parent) != cls:
+            return None
+        return Member(w.parent, v, par.knobs)
