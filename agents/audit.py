@@ -7,9 +7,11 @@ class (by any agent), an agent audits that class's champion — its best kept hy
   ablation: the step's knob values set back to its parent's, its code hunks reverted; a step a later step
   changed again, or whose hunks no longer apply, is not ablated);
 * Δ_step = ablation − champion on the same seed (paired: the same seed for both, so on a deterministic
-  budget only the change differs). A step whose Δ is not positive — the champion does as well without
-  it — did not keep its gain: it is **demoted** (a ``HypothesisDemoted`` event). No agent builds on a
-  demoted hypothesis or compares against it any more.
+  budget only the change differs). A step whose Δ is below one σ of such a difference (σ_Δ on a
+  deterministic budget, √2·σ of the baselines on a wall-clock one) — on a fresh seed its gain is not even
+  one σ above nothing — did not keep its gain: it is **demoted** (a ``HypothesisDemoted`` event). No agent
+  builds on a demoted hypothesis or compares against it any more. (A step kept by noise is demoted with
+  probability ~0.84 per audit; an honest step whose gain was 2σ_Δ with probability ~0.16.)
 
 Audit runs carry the ``audit`` tag and deterministic ids (champion, step, seed) published with a
 ``Nats-Msg-Id``, so two agents that decide to audit the same champion store one audit; the agent whose
@@ -107,6 +109,7 @@ class Audits:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.open: dict[str, Audit] = {}  # champion -> its audit in progress
+        self.runs: set[str] = set()  # every audit run this agent published
         self.done: set[tuple[str, int]] = set()  # (champion, keeps on its class) audited
         self.audited_keeps: dict[str, int] = {}  # class -> keeps counted at its last audit
 
@@ -167,6 +170,7 @@ class Audits:
             log.info("%s: the audit of %s was already published by another agent", cfg.agent, champ[:8])
             return []
         self.open[champ] = audit
+        self.runs.update(audit.runs)
         return stored
 
     def _event(self, hid: str, source: str, champ: str, cls: str, seed: int, desc: str) -> HypothesisProposed:
@@ -179,7 +183,7 @@ class Audits:
         )  # fmt: skip
 
     def owns(self, hid: str) -> bool:
-        return any(hid in a.runs for a in self.open.values())
+        return hid in self.runs
 
     async def finished(self, hid: str) -> None:
         """An audit run finished: when its audit is complete, demote the steps whose gain did not survive."""
@@ -197,14 +201,17 @@ class Audits:
                 await self.host.note(f"audit of {champ[:8]} on {a.hw_class}: the champion's re-run failed",
                                      "no conclusion", a.runs)  # fmt: skip
                 return
-            lines, demoted = [f"Champion {champ[:8]} again on seed {a.seed}: {best:.4f}"], []
+            sigma = self.host.judge.delta_sigma(a.hw_class)
+            lines = [f"Champion {champ[:8]} again on seed {a.seed}: {best:.4f}; a step's gain survives when the "
+                     f"champion without it is worse by more than σ_Δ = {sigma:.4f}"]  # fmt: skip
+            demoted: list[str] = []
             for r, step in a.ablations.items():
                 v = tail.ok_val(r)
                 if v is None:
                     lines.append(f"- without {step[:8]}: {tail.finished[r].status} (no conclusion)")
                     continue
                 delta = v - best
-                survived = delta > 0
+                survived = delta > sigma
                 lines.append(f"- without {step[:8]} ({tail.proposals[step].description[:100]}): {v:.4f}, "
                              f"Δ {delta:+.4f}: {'its gain survives' if survived else 'no gain left: demoted'}")  # fmt: skip
                 if not survived:
@@ -212,8 +219,9 @@ class Audits:
                     self.host.buffer(HypothesisDemoted(
                         run=self.host.cfg.run, source=self.host.cfg.agent, hypothesis_id=step, by=self.host.cfg.agent,
                         reason=(f"champion audit of {champ[:8]} on {a.hw_class}, seed {a.seed}: without this step "
-                                f"{v:.4f}, with it {best:.4f} (Δ {delta:+.4f} ≤ 0: its gain did not survive)"),
-                        champion=champ, delta=delta, audit=a.runs,
+                                f"{v:.4f}, with it {best:.4f} (Δ {delta:+.4f} ≤ σ_Δ {sigma:.4f}: its gain did not "
+                                "survive)"),
+                        champion=champ, delta=delta, sigma=sigma, audit=a.runs,
                     ))  # fmt: skip
             title = f"audit of {champ[:8]} on {a.hw_class}: " + (
                 f"demoted {', '.join(s[:8] for s in demoted)}" if demoted else "every kept step holds")

@@ -80,6 +80,17 @@ class Judge:
         local = self.tail.baseline_stats().get(cls)
         return local.sigma if local is not None and local.baseline_runs >= 2 else None
 
+    def delta_sigma(self, cls: str) -> float:
+        """σ of the difference of two runs on ``cls`` on one seed: σ_Δ on a deterministic budget, else √2 ×
+        the σ of the class's baselines (two independent noisy runs)."""
+        local = self.tail.baseline_stats().get(cls)
+        base = local.sigma if local is not None and local.baseline_runs >= 2 else None
+        ref = local.baseline_mean if local is not None and local.baseline_mean is not None else 1.0
+        deterministic = any(f.budget_unit == "tokens" for h, f in self.tail.finished.items() if self.tail.ran_on(h) == cls)
+        if self.cfg.paired and deterministic:
+            return self.cfg.paired_rule.sigma(self.pooled(), base, ref)
+        return 2**0.5 * self.cfg.rule.sigma(base, local.baseline_runs if local else 0, ref)
+
     def sigma_for_notes(self, cls: str) -> float | None:
         """The noise a wave analysis compares effects with: σ_Δ on a deterministic budget (effects there
         are paired by seed), else the σ of the class's baselines."""

@@ -48,6 +48,7 @@ class AgentOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     call_seconds: float | None = None  # total cap of one call, retries included
     # the research loop
     hw_class: str | None = None
+    validate_class: str | None = None  # promoted results are re-run there ("" or "none": no promotion)
     max_experiments: int | None = None
     max_waves: int | None = None
     max_cost_usd: float | None = None
@@ -62,7 +63,7 @@ class AgentOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
 # AgentOptions fields that go to LlmSettings / AgentConfig (the rest: spec, name, api_key_env, seed)
 LLM_FIELDS = ("timeout", "max_tokens", "temperature", "tool_choice", "headers", "prices", "attempts", "backoff",
               "call_seconds")  # fmt: skip
-LOOP_FIELDS = ("hw_class", "max_experiments", "max_waves", "max_cost_usd", "max_empty_waves", "wave_llm_seconds",
+LOOP_FIELDS = ("hw_class", "validate_class", "max_experiments", "max_waves", "max_cost_usd", "max_empty_waves", "wave_llm_seconds",
                "breaker_failures", "breaker_cooldown", "write_notes")  # fmt: skip
 
 
@@ -156,7 +157,10 @@ def llm_kwargs(opts: AgentOptions) -> dict[str, Any]:
 
 def loop_kwargs(opts: AgentOptions) -> dict[str, Any]:
     """AgentConfig keyword arguments the options set."""
-    return {k: getattr(opts, k) for k in LOOP_FIELDS if getattr(opts, k) is not None}
+    out = {k: getattr(opts, k) for k in LOOP_FIELDS if getattr(opts, k) is not None}
+    if out.get("validate_class") == "none":
+        out["validate_class"] = ""  # no promotion
+    return out
 
 
 def summary(opts: AgentOptions) -> dict[str, Any]:

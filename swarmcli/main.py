@@ -120,6 +120,9 @@ def runner(ctx: click.Context) -> None:
 @click.option("--max-waves", type=int, default=None, help="Stop after this many waves.")
 @click.option("--max-cost", type=float, default=None, help="Stop after spending this many API dollars.")
 @click.option("--hw-class", default="any", show_default=True, help="Hardware class of screen-tier proposals.")
+@click.option("--validate-class", default=None,
+              help="Where a clear win on a screen class is re-run and must win again (screen -> validate): a "
+                   "hardware class, or 'none' [default: the fastest class present].")  # fmt: skip
 @click.option("--program", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The research direction (default: the repo's program.md).")  # fmt: skip
 @click.option("--train-py", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -147,6 +150,7 @@ def agent(
     max_waves: int | None,
     max_cost: float | None,
     hw_class: str,
+    validate_class: str | None,
     program: Path | None,
     train_py: Path,
     seed: int,
@@ -169,7 +173,8 @@ def agent(
 
     try:
         flags = cli_options(timeout=timeout, max_tokens=max_tokens, temperature=temperature,
-                            tool_choice=tool_choice, headers=headers, prices=prices, max_waves=max_waves)  # fmt: skip
+                            tool_choice=tool_choice, headers=headers, prices=prices, max_waves=max_waves,
+                            validate_class=validate_class)  # fmt: skip
         file = load_agent_file(config_file) if config_file is not None else None
     except SpecError as e:
         _fail(str(e))

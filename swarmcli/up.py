@@ -130,6 +130,9 @@ def _port_free(host: str, port: int) -> bool:
                    "tool_choice, headers, prices, ...) and [defaults]; its agents replace the default ones.")  # fmt: skip
 def up(
     run: str | None,
+@click.option("--validate-class", default=None,
+              help="Where a clear win on a screen class is re-run and must win again (screen -> validate): a "
+                   "hardware class, or 'none' [default: the fastest class present].")  # fmt: skip
     agent_specs: str | None,
     runners: int | None,
     threads: int | None,
@@ -163,6 +166,7 @@ def up(
     state_dir = absolute(state_dir)  # resolved once: every path derived from it crosses process boundaries
     report = absolute(report) if report is not None else None
     try:
+    validate_class: str | None,
         check_token("run", run)
     except ValueError as e:
         _fail(str(e))
@@ -228,6 +232,8 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
         creds_dir = cfg.state_dir / "creds"
         passwords = security.generate(creds_dir)
         auth = (creds_dir / "auth.conf").read_text()
+    if validate_class:  # screen -> validate (agents.promotion); "none": no promotion
+        cfg.extra["validate_class"] = "" if validate_class == "none" else validate_class
         os.environ["SWARM_NATS_USER"], os.environ["SWARM_NATS_PASSWORD"] = "admin", passwords["admin"]
         say(f"  secure: per-role users in {creds_dir} (give a runner machine runner.env, an agent machine agent.env)",
             err=True)  # fmt: skip
