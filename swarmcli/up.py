@@ -125,14 +125,14 @@ def _port_free(host: str, port: int) -> bool:
 @click.option(
     "--isolated", is_flag=True, help="Agents see only their own results and the baselines, not each other's."
 )
+@click.option("--validate-class", default=None,
+              help="Where a clear win on a screen class is re-run and must win again (screen -> validate): a "
+                   "hardware class, or 'none' [default: the fastest class present].")  # fmt: skip
 @click.option("--agent-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Per-agent config file (TOML): [[agent]] entries (spec, timeout, max_tokens, temperature, "
                    "tool_choice, headers, prices, ...) and [defaults]; its agents replace the default ones.")  # fmt: skip
 def up(
     run: str | None,
-@click.option("--validate-class", default=None,
-              help="Where a clear win on a screen class is re-run and must win again (screen -> validate): a "
-                   "hardware class, or 'none' [default: the fastest class present].")  # fmt: skip
     agent_specs: str | None,
     runners: int | None,
     threads: int | None,
@@ -152,6 +152,7 @@ def up(
     gpu_seconds_per_agent: float | None,
     secure: bool,
     isolated: bool,
+    validate_class: str | None,
     agent_config: Path | None,
 ) -> None:
     """Run a whole swarm on this machine: nats-server, ledger, runners, agents; Ctrl-C stops cleanly.
@@ -166,7 +167,6 @@ def up(
     state_dir = absolute(state_dir)  # resolved once: every path derived from it crosses process boundaries
     report = absolute(report) if report is not None else None
     try:
-    validate_class: str | None,
         check_token("run", run)
     except ValueError as e:
         _fail(str(e))
@@ -207,6 +207,8 @@ def up(
         extra={"max_gpu_seconds": gpu_seconds_per_agent, "isolated": isolated},
         secure=secure, agent_options=plans, dashboard_port=dashboard_port,
     )  # fmt: skip
+    if validate_class:  # screen -> validate (agents.promotion); "none": no promotion
+        cfg.extra["validate_class"] = "" if validate_class == "none" else validate_class
     _run_async(lambda stop: run_up(cfg, stop))
 
 
@@ -232,8 +234,6 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
         creds_dir = cfg.state_dir / "creds"
         passwords = security.generate(creds_dir)
         auth = (creds_dir / "auth.conf").read_text()
-    if validate_class:  # screen -> validate (agents.promotion); "none": no promotion
-        cfg.extra["validate_class"] = "" if validate_class == "none" else validate_class
         os.environ["SWARM_NATS_USER"], os.environ["SWARM_NATS_PASSWORD"] = "admin", passwords["admin"]
         say(f"  secure: per-role users in {creds_dir} (give a runner machine runner.env, an agent machine agent.env)",
             err=True)  # fmt: skip
