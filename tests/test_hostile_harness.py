@@ -137,14 +137,15 @@ for root in ('/', ):
     for d, dirs, files in os.walk(root):
         dirs[:] = [x for x in dirs if os.path.join(d, x) not in ('/proc', '/sys', '/dev')]
         seen += len(files)
-        if os.path.basename(d) in ('idlelib', 'turtledemo', 'tkinter', 'lib2to3', 'pydoc_data') and files:
+        if ('pyshell.py' in files and os.path.basename(d) == 'idlelib') or 'topics.py' in files \\
+                and os.path.basename(d) == 'pydoc_data':  # the offline corpus's validation text
             hits.append(d)
         if os.path.basename(d) == 'val' and any(f.endswith('.bin') for f in files):
             hits.append(d)
         if seen > 300_000:
             break
 print('VAL_FILES', hits[:5], flush=True)
-print('VAL_ENV', {k: v for k, v in os.environ.items() if 'VAL' in k}, flush=True)
+print('VAL_ENV', {k: v for k, v in os.environ.items() if 'VAL_DIR' in k or '/val' in v}, flush=True)
 """), {"ok"}),
     "plants_files_for_the_next_experiment": (at_eval("""
 import os, subprocess, sys
@@ -190,8 +191,14 @@ for p in ({str(Path(__file__).resolve().parent / 'PWNED_BY_TRAIN.py')!r}, '/tmp/
 """), {"ok"}),
     "rewrites_prepare_py_and_deletes_what_it_can": (in_main("""
 import os, shutil
-open('prepare.py', 'a').write('\ndef evaluate(*a, **k):\n    return 0.0\n')
-shutil.rmtree(os.environ['SWARM_DATA_DIR'], ignore_errors=True)
+for what, act in (('prepare.py', lambda: open('prepare.py', 'a').write(chr(10) + 'VAL_BPB = 0.0' + chr(10))),
+                  ('data', lambda: shutil.rmtree(os.environ['SWARM_DATA_DIR'])),
+                  ('its eval copy', lambda: os.remove(os.path.join(os.path.dirname(os.getcwd()), 'eval', 'train.py')))):
+    try:
+        act()
+        print('DID', what, flush=True)
+    except OSError as e:
+        print('COULD_NOT', what, type(e).__name__, flush=True)
 print('REWROTE_AND_DELETED', flush=True)
 """), {"ok"}),
     "floods_its_output": (in_main("for i in range(200_000):\n    print('x' * 60)"), {"ok"}),
@@ -296,10 +303,12 @@ def test_what_the_attacks_saw(outcome: dict[str, Any]) -> None:
 
 def test_nothing_left_marks_or_processes_behind(outcome: dict[str, Any]) -> None:
     wrote = _log(outcome, "writes_outside_its_work_dir")
-    assert "WROTE" not in wrote and wrote.count("WRITE_BLOCKED") == 4, wrote[-2000:]
+    # its private /tmp takes the write; nothing else does, and the host's /tmp never sees it
+    assert wrote.count("WRITE_BLOCKED") == 3 and wrote.count("WROTE") == 1 and "WROTE /tmp/" in wrote, wrote[-2000:]
     assert not (Path(__file__).resolve().parent / "PWNED_BY_TRAIN.py").exists()
     assert not Path("/tmp/PWNED_BY_TRAIN").exists()
-    assert "REWROTE_AND_DELETED" in _log(outcome, "rewrites_prepare_py_and_deletes_what_it_can")
+    rewrote = _log(outcome, "rewrites_prepare_py_and_deletes_what_it_can")
+    assert "REWROTE_AND_DELETED" in rewrote and "DID" not in rewrote, rewrote[-2000:]  # all read-only
     assert "BOMB" in _log(outcome, "fork_bomb")
     assert not [p for p in os.listdir("/proc") if p.isdigit() and TOKEN in _cmdline(p)]
     flood = _result(outcome, "floods_its_output")
