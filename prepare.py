@@ -4,7 +4,8 @@ The fixed half of the experiment harness: data, tokenizer, loader and the truste
 Agents never edit this file. The runner sets the budget and the data location through environment
 variables that this module reads; train.py only reads the resulting constants.
 
-    python prepare.py [--profile cpu|gpu] [--dataset fineweb-edu|climbmix --num-shards N] [--corpus DIR]
+    python prepare.py [--profile cpu|gpu] [--dataset climbmix|fineweb-edu|offline [--num-shards N] [--base-url URL]]
+                      [--corpus DIR]
     python prepare.py evaluate --train-py PATH --model-dir DIR [--val-dir DIR] [--json-out FILE]
 
 Layout of one prepared dataset (the val/ directory is a separate path the runner can hide):
@@ -30,7 +31,7 @@ import sysconfig
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,17 +82,26 @@ TOKEN_DTYPE = np.uint16
 DOWNLOAD_BACKOFF = 1.0  # seconds before the first retry, doubling after each
 
 DATASETS: dict[str, dict[str, Any]] = {
-    # parquet shards with a "text" column; the last shard is the pinned validation shard
+    # parquet shards with a "text" column; the last shard is the pinned validation shard; default_shards:
+    # training shards when --num-shards is not given (autoresearch's prepare.py downloads 10)
     "fineweb-edu": {
         "base_url": "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main",
         "max_shard": 1822,
+        "default_shards": 10,
     },
     "climbmix": {
         "base_url": "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main",
         "max_shard": 6542,
+        "default_shards": 10,
     },
 }
 SHARD_NAME = "shard_{:05d}.parquet"
+OFFLINE_DATASET = "offline"  # --dataset offline: the offline corpus by name (no download is tried)
+# The data a profile trains on when none is named. gpu: autoresearch's (climbmix parquet shards, the pinned
+# validation shard 06542; the profile's 8192-token BPE), where it can be downloaded, else the offline corpus
+# with a message saying so (see choose_source). cpu: the offline corpus (tests and CI have no network).
+DEFAULT_DATASET = {"cpu": OFFLINE_DATASET, "gpu": "climbmix"}
+DEFAULT_PROBE_RETRIES = 2  # download attempts of a default dataset before falling back (an offline node)
 
 
 class PrepareError(RuntimeError):
@@ -217,6 +227,15 @@ class Source:
     identity: dict[str, Any]  # goes into the dataset fingerprint
     train: list[str]
     val: list[str]
+    # downloaded shards are read only when a preparation needs their documents: their identity (file
+    # hashes) alone finds a dataset already prepared, so a runner's start does not parse gigabytes of text
+    loader: Callable[[], tuple[list[str], list[str]]] | None = None
+
+    def load(self) -> None:
+        """Read the documents of a source whose reading was deferred (no-op otherwise)."""
+        if self.loader is not None:
+            self.train, self.val = self.loader()
+            self.loader = None
 
 
 def _text_files_source(root: Path, name: str, suffixes: tuple[str, ...], max_bytes: int,
@@ -304,7 +323,7 @@ def _read_parquet_texts(path: Path) -> list[str]:
 
 
 def download_file(url: str, dest: Path, sha256: str | None = None, retries: int = 5,
-                  backoff: float | None = None, timeout: float = 30.0) -> Path:
+                  backoff: float | None = None, timeout: float | tuple[float, float] = 30.0) -> Path:
     """Download url to dest: resumes a partial dest.tmp with a Range request, verifies, renames."""
     import requests
 
@@ -364,23 +383,115 @@ def _progress(name: str, total: int, done: int) -> Iterator[Any]:
         yield lambda n: progress.advance(task, n)
 
 
-def download_source(dataset: str, num_shards: int, doc_chars: int, base_url: str | None = None,
-                    checksums: dict[str, str] | None = None) -> Source:
-    """Download num_shards training shards plus the pinned validation shard (the dataset's last)."""
+def dataset_url(dataset: str, base_url: str | None = None) -> str:
+    """Where a dataset's shards are fetched from: the mirror given, else SWARM_DATASET_URL, else its origin."""
+    return (base_url or os.environ.get("SWARM_DATASET_URL") or DATASETS[dataset]["base_url"]).rstrip("/")
+
+
+def download_source(dataset: str, num_shards: int | None, doc_chars: int, base_url: str | None = None,
+                    checksums: dict[str, str] | None = None, retries: int = 5,
+                    timeout: float | tuple[float, float] = 30.0) -> Source:
+    """Download num_shards training shards (None: the dataset's default) plus the pinned validation shard
+    (the dataset's last). Shards already in the cache are not fetched again; the texts are read only when
+    the dataset is prepared (:meth:`Source.load`). The fingerprint covers the shards' names and bytes, not
+    the URL: a mirror serving the same files gives the same dataset."""
     if dataset not in DATASETS:
         raise PrepareError(f"unknown dataset {dataset!r}; use one of {sorted(DATASETS)}")
     spec = DATASETS[dataset]
-    url = (base_url or os.environ.get("SWARM_DATASET_URL") or spec["base_url"]).rstrip("/")
-    names = [SHARD_NAME.format(i) for i in range(num_shards)]
+    url = dataset_url(dataset, base_url)
+    names = [SHARD_NAME.format(i) for i in range(num_shards or spec["default_shards"])]
     val_name = SHARD_NAME.format(spec["max_shard"])
     raw = cache_dir() / "raw" / dataset
+    raw.mkdir(parents=True, exist_ok=True)
     hashes = []
-    for name in [*names, val_name]:
-        path = download_file(f"{url}/{name}", raw / name, (checksums or {}).get(name))
-        hashes.append([name, _sha256_file(path)])
-    train = [p for n in names for t in _read_parquet_texts(raw / n) for p in _split_text(t, doc_chars)]
-    val = [p for t in _read_parquet_texts(raw / val_name) for p in _split_text(t, doc_chars)]
-    return Source(dataset, {"kind": dataset, "files": hashes}, train, val)
+    # one download at a time per node and dataset: runners that start together share one .tmp file each
+    with open(raw / ".download.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name in [*names, val_name]:
+            path = download_file(f"{url}/{name}", raw / name, (checksums or {}).get(name), retries=retries,
+                                 timeout=timeout)
+            hashes.append([name, _sha256_file(path)])
+
+    def load() -> tuple[list[str], list[str]]:
+        train = [p for n in names for t in _read_parquet_texts(raw / n) for p in _split_text(t, doc_chars)]
+        val = [p for t in _read_parquet_texts(raw / val_name) for p in _split_text(t, doc_chars)]
+        return train, val
+
+    return Source(dataset, {"kind": dataset, "files": hashes}, [], [], loader=load)
+
+
+def check_data_request(dataset: str | None = None, corpus: str | None = None, num_shards: int | None = None,
+                       base_url: str | None = None, profile: str | None = None) -> None:
+    """Raise :class:`PrepareError` for a request for data that cannot mean anything (the CLIs of prepare.py,
+    the runner and ``swarm up`` check here before they start). ``profile``: also check what needs the
+    profile's default dataset (a mirror or a shard count without a dataset)."""
+    choices = [*sorted(DATASETS), OFFLINE_DATASET]
+    if dataset and dataset not in choices:
+        raise PrepareError(f"unknown dataset {dataset!r}: use one of {', '.join(choices)} (or --corpus DIR for "
+                           "your own text or parquet files)")
+    if dataset and corpus:
+        raise PrepareError(f"--dataset {dataset} and --corpus {corpus} both given: choose one")
+    if corpus and not Path(corpus).is_dir():
+        raise PrepareError(f"--corpus {corpus}: no such directory (give a directory of .txt/.md/.py/.parquet files)")
+    if num_shards is not None:
+        if num_shards < 1:
+            raise PrepareError(f"--num-shards {num_shards}: give at least 1 training shard")
+        if dataset in DATASETS and num_shards > DATASETS[dataset]["max_shard"]:
+            raise PrepareError(f"--num-shards {num_shards}: {dataset} has {DATASETS[dataset]['max_shard']} "
+                               "training shards (the last one is the pinned validation shard)")
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise PrepareError(f"--dataset-url {base_url!r}: give the http(s) URL under which the mirror serves the "
+                           "shards (shard_00000.parquet, ...)")
+    # a mirror and a shard count are for a downloaded dataset: the one named, else the profile's default
+    # (unknown without a profile: then only the runner's preparation can tell)
+    target = "corpus" if corpus else dataset or (DEFAULT_DATASET[resolve_profile(profile)] if profile else None)
+    for flag, value in (("--dataset-url", base_url), ("--num-shards", num_shards)):
+        if value is not None and target is not None and target not in DATASETS:
+            raise PrepareError(f"{flag} is for a downloaded dataset, but the data here is "
+                               f"{'--corpus ' + str(corpus) if corpus else 'the offline corpus'}: name the "
+                               f"dataset too (--dataset {'|'.join(sorted(DATASETS))})")
+
+
+def choose_source(profile: str, dataset: str | None = None, corpus: str | None = None,
+                  num_shards: int | None = None, base_url: str | None = None,
+                  checksums: dict[str, str] | None = None,
+                  on_fallback: Callable[[str], None] | None = None) -> Source:
+    """The source of a preparation: ``corpus``, else ``dataset`` (``offline`` or a downloadable one), else
+    the profile's default (:data:`DEFAULT_DATASET`).
+
+    Data asked for by name (a dataset, a mirror or a shard count) must download, or this raises with what
+    to do. The gpu profile's default is tried briefly; when it cannot be downloaded the offline corpus is
+    used and ``on_fallback`` (default: print to stderr) gets a message that says so and how to change it."""
+    spec = PROFILES[profile]
+    max_bytes = _env_int("SWARM_CORPUS_MAX_BYTES", spec.corpus_max_bytes)
+    check_data_request(dataset, corpus, num_shards, base_url, profile)
+    if corpus:
+        return corpus_source(Path(corpus).resolve(), spec.doc_chars, max_bytes)
+    name = dataset or DEFAULT_DATASET[profile]
+    if name == OFFLINE_DATASET:
+        return offline_source(spec.doc_chars, max_bytes)
+    raw = cache_dir() / "raw" / name
+    if dataset or base_url or num_shards is not None:
+        try:
+            return download_source(name, num_shards, spec.doc_chars, base_url, checksums)
+        except PrepareError as e:
+            raise PrepareError(
+                f"{e}\nThe dataset {name} was asked for by name, so nothing falls back to other data. Check this "
+                f"machine's network or the mirror (--dataset-url URL, SWARM_DATASET_URL), or copy the shards into "
+                f"{raw}; or train on the offline corpus: --dataset {OFFLINE_DATASET}.") from e
+    try:
+        return download_source(name, num_shards, spec.doc_chars, None, checksums, retries=DEFAULT_PROBE_RETRIES,
+                               timeout=(10.0, 60.0))
+    except PrepareError as e:
+        shards = DATASETS[name]["default_shards"]
+        say = on_fallback or (lambda m: print(f"prepare: {m}", file=sys.stderr, flush=True))
+        say(f"the {profile} profile's default data, {name} ({shards} training shards and the pinned validation "
+            f"shard from {dataset_url(name)}), could not be downloaded: {e}. FALLING BACK to the offline corpus "
+            f"(this Python's standard library sources): results on it compare only with results on the same data. "
+            f"To train on {name}: give this machine network access, or a mirror (--dataset-url URL or "
+            f"SWARM_DATASET_URL), or copy the shards into {raw}. To choose the offline corpus without trying the "
+            f"download: --dataset {OFFLINE_DATASET}.")
+        return offline_source(spec.doc_chars, max_bytes)
 
 
 # ---------------------------------------------------------------------------
@@ -498,17 +609,14 @@ def _load_prepared(root: Path) -> Prepared:
 
 
 def ensure_prepared(profile: str | None = None, dataset: str | None = None, corpus: str | None = None,
-                    num_shards: int = 1, base_url: str | None = None,
-                    checksums: dict[str, str] | None = None) -> Prepared:
-    """Prepare (once per node) and return the dataset for a profile: offline default, --dataset or --corpus."""
-    spec = PROFILES[resolve_profile(profile)]
-    max_bytes = _env_int("SWARM_CORPUS_MAX_BYTES", spec.corpus_max_bytes)
-    if dataset:
-        source = download_source(dataset, num_shards, spec.doc_chars, base_url, checksums)
-    elif corpus:
-        source = corpus_source(Path(corpus).resolve(), spec.doc_chars, max_bytes)
-    else:
-        source = offline_source(spec.doc_chars, max_bytes)
+                    num_shards: int | None = None, base_url: str | None = None,
+                    checksums: dict[str, str] | None = None,
+                    on_fallback: Callable[[str], None] | None = None) -> Prepared:
+    """Prepare (once per node) and return the dataset for a profile: --corpus, --dataset (a mirror with
+    base_url), else the profile's default (see :func:`choose_source`)."""
+    profile = resolve_profile(profile)
+    spec = PROFILES[profile]
+    source = choose_source(profile, dataset, corpus, num_shards, base_url, checksums, on_fallback)
     params = {"version": PREPARE_VERSION, "vocab_size": spec.vocab_size, "doc_chars": spec.doc_chars,
               "tokenizer": "bytelevel-bpe", "source": source.identity}
     fp = _fingerprint(params)
@@ -532,6 +640,7 @@ def ensure_prepared(profile: str | None = None, dataset: str | None = None, corp
 
 def _build(tmp: Path, source: Source, spec: ProfileSpec, fp: str) -> None:
     tv, val = tmp / "trainview", tmp / "val"
+    source.load()
     (tv / "train").mkdir(parents=True)
     val.mkdir()
     tok = train_tokenizer(source.train, spec.vocab_size)
@@ -680,8 +789,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     p = argparse.ArgumentParser(prog="prepare.py", description="prepare data and tokenizer (once per node)")
     p.add_argument("--profile", choices=sorted(PROFILES), default=None)
-    p.add_argument("--dataset", choices=sorted(DATASETS), default=None)
-    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--dataset", choices=[*sorted(DATASETS), OFFLINE_DATASET], default=None,
+                   help="default: the profile's (gpu: climbmix where it downloads, else offline; cpu: offline)")
+    p.add_argument("--num-shards", type=int, default=None, help="training shards to download (default: 10)")
     p.add_argument("--corpus", default=None, help="a directory of text or parquet files")
     p.add_argument("--base-url", default=None, help="mirror for --dataset (also SWARM_DATASET_URL)")
     a = p.parse_args(argv)

@@ -222,6 +222,11 @@ class RunnerJoined(Event, tag=True, frozen=True):
     classes: list[str] = msgspec.field(default_factory=list)
     executor: str = "process"
     calibration: Calibration | None = None
+    # the data it trains on (prepare.py's fingerprints; "" = not said, a runner older than them): runners of
+    # one hardware class in a run must agree, or their results compare nothing
+    dataset: str = ""  # the source's name: climbmix, stdlib (the offline corpus), corpus:<dir>, ...
+    dataset_fingerprint: str = ""
+    tokenizer_fingerprint: str = ""
 
 
 class RunnerLeft(Event, tag=True, frozen=True):

@@ -282,6 +282,7 @@ FROM ranked LEFT JOIN done ON done.run = ranked.run AND done.hypothesis_id = ran
 ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "hypotheses": [("budget", "DOUBLE"), ("budget_unit", "VARCHAR")],
     "results": [("budget", "DOUBLE"), ("budget_unit", "VARCHAR"), ("eval_seconds", "DOUBLE"), ("profile", "VARCHAR")],
+    "runners": [("dataset", "VARCHAR"), ("dataset_fingerprint", "VARCHAR"), ("tokenizer_fingerprint", "VARCHAR")],
 }
 
 

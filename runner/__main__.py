@@ -8,11 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
 
 from runner.config import RunnerConfig
 from runner.daemon import run_runner
+from runner.errors import RunnerError
 
 
 def parse_args(argv: list[str] | None = None) -> RunnerConfig:
@@ -26,6 +29,18 @@ def parse_args(argv: list[str] | None = None) -> RunnerConfig:
     p.add_argument("--state-dir", default=".swarm/runner")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--profile", default="", choices=["", "cpu", "gpu"])
+    # the data (deployment files set them through the environment); every runner of a class in a run must
+    # train on the same data
+    env = os.environ.get
+    p.add_argument("--dataset", default=env("SWARM_DATASET", ""), metavar="NAME",
+                   help="climbmix | fineweb-edu | offline (SWARM_DATASET); default: the profile's (gpu: climbmix "
+                        "where it downloads, else the offline corpus, with a message; cpu: offline)")
+    p.add_argument("--corpus", default=env("SWARM_CORPUS") or None, metavar="DIR",
+                   help="train on your own .txt/.md/.py/.parquet files instead of a dataset (SWARM_CORPUS)")
+    p.add_argument("--dataset-url", default=env("SWARM_DATASET_URL", ""), metavar="URL",
+                   help="a mirror serving the dataset's shards (SWARM_DATASET_URL)")
+    p.add_argument("--num-shards", type=int, default=env("SWARM_NUM_SHARDS") or None, metavar="N",
+                   help="training shards to download (SWARM_NUM_SHARDS; default 10); the validation shard is pinned")
     p.add_argument("--budget", type=float, default=None,
                    help="most a hypothesis may get, in the profile's unit (cpu: tokens, gpu: seconds); "
                         "default: the profile's budget (prepare.py)")
@@ -56,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> RunnerConfig:
         extra["prepare_py"] = Path(a.prepare_py)
     if a.baseline_train_py:
         extra["baseline_train_py"] = Path(a.baseline_train_py)
+    try:
+        return _config(a, extra)
+    except ValueError as e:  # a value the config refuses (the data asked for, a token): say it as usage
+        p.error(str(e))
+
+
+def _config(a: argparse.Namespace, extra: dict[str, object]) -> RunnerConfig:
     return RunnerConfig(
         nats_urls=tuple(u.strip() for u in a.nats.split(",") if u.strip()),
         run=a.run,
@@ -65,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> RunnerConfig:
         executor=a.executor,
         state_dir=Path(a.state_dir),
         cache_dir=Path(a.cache_dir) if a.cache_dir else None,
+        dataset=a.dataset,
+        corpus=Path(a.corpus) if a.corpus else None,
+        dataset_url=a.dataset_url,
+        num_shards=a.num_shards,
         profile=a.profile,
         max_budget=a.budget,
         startup_seconds=a.startup_seconds,
@@ -95,7 +121,11 @@ async def _main(config: RunnerConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    asyncio.run(_main(parse_args(argv)))
+    try:
+        asyncio.run(_main(parse_args(argv)))
+    except RunnerError as e:  # it could not start (data, calibration, executor): the message says what to do
+        print(f"runner: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

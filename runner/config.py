@@ -41,6 +41,12 @@ class RunnerConfig:
     ``executor``: ``process`` (default), ``docker`` or ``simulated``.
     ``state_dir``: the runner's own directory (workdirs, full logs, train view, pristine harness copy).
     ``cache_dir``: where prepare.py keeps prepared data and tokenizers (once per node; SWARM_CACHE_DIR).
+    ``dataset`` / ``corpus`` / ``dataset_url`` / ``num_shards``: the data this runner prepares and trains on
+    (prepare.py's ``ensure_prepared``): a dataset by name (climbmix, fineweb-edu, or ``offline``) with an
+    optional mirror and shard count, or a directory of one's own files; none of them: the profile's default
+    (gpu: climbmix where it downloads, else the offline corpus with a message; cpu: the offline corpus).
+    Every runner of a hardware class in a run must train on the same data (a runner on other data does not
+    join).
     ``max_budget``: the most this runner gives one experiment, in the profile's budget unit (a hypothesis
     asking for more gets this much, and its result records what it got); None: the profile's budget.
     ``ack_wait`` / ``max_deliver``: the work consumers' lease and delivery bound (must match every
@@ -59,6 +65,10 @@ class RunnerConfig:
     executor: str = "process"
     state_dir: Path = field(default_factory=lambda: Path(".swarm") / "runner")
     cache_dir: Path | None = None
+    dataset: str = ""
+    corpus: Path | None = None
+    dataset_url: str = ""
+    num_shards: int | None = None
     profile: str = ""  # cpu | gpu; "" = gpu when a GPU is visible, else cpu
     max_budget: float | None = None
     startup_seconds: float | None = None
@@ -108,6 +118,15 @@ class RunnerConfig:
         # a container sees host paths) and are stored in events, where a relative path means nothing
         self.state_dir = absolute(self.state_dir)
         self.cache_dir = absolute(self.cache_dir) if self.cache_dir is not None else None
+        self.corpus = absolute(self.corpus) if self.corpus is not None else None
+        if self.dataset or self.corpus or self.dataset_url or self.num_shards is not None:
+            import prepare  # the one home of what a request for data may be
+
+            try:
+                prepare.check_data_request(self.dataset or None, str(self.corpus) if self.corpus else None,
+                                           self.num_shards, self.dataset_url or None, self.profile or None)
+            except prepare.PrepareError as e:
+                raise ValueError(str(e)) from e
         self.prepare_py = absolute(self.prepare_py)
         self.baseline_train_py = absolute(self.baseline_train_py)
         if self.time_scale <= 0:

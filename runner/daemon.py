@@ -44,7 +44,7 @@ from harness.feed import Budget
 from runner import contract, hardware, node
 from runner.config import RunnerConfig
 from runner.deadletter import DeadLetters, lost_event_id
-from runner.errors import CalibrationFailed, ContractViolation, RunnerError
+from runner.errors import CalibrationFailed, ContractViolation, DataMismatch, RunnerError
 from runner.executors.base import Executor, Job, NodeData
 from runner.executors.steps import LineCallback
 from runner.intake import Intake, Item
@@ -115,13 +115,28 @@ class Runner:
         self.intake = Intake(self.nc, cfg, self.id, hw, classes)
         await self.intake.subscribe(self.js)
         profile = cfg.profile or ("gpu" if hw.gpu_count else "cpu")
-        self.lab = await self._make_lab(profile, hw, simulated)
+        lab = await self._make_lab(profile, hw, simulated)
+        assert self.node is not None
+        # on other data than the run's runners of its class, a runner does not join (before calibrating)
+        await node.check_run_data(self.js, cfg, hw.hw_class, self.node)
+        self.lab = lab
         await self.lab.setup()
         await self.dead.watch(classes)
         if cfg.calibrate:
             self.calibration = await self._calibrate()
-        await publish(self.js, RunnerJoined(run=cfg.run, source=self.id, runner=self.id, hardware=hw, classes=classes,
-                                            executor=self.lab.name, calibration=self.calibration))
+        ack = await publish(self.js, RunnerJoined(run=cfg.run, source=self.id, runner=self.id, hardware=hw, classes=classes,
+                                                  executor=self.lab.name, calibration=self.calibration,
+                                                  dataset=node.dataset_name(self.node),
+                                                  dataset_fingerprint=self.node.dataset_fingerprint,
+                                                  tokenizer_fingerprint=self.node.tokenizer_fingerprint))
+        try:  # runners that checked at the same time: the stream's order says whose data is the run's
+            await node.check_run_data(self.js, cfg, hw.hw_class, self.node, before_seq=ack.seq)
+        except DataMismatch as e:
+            await publish(self.js, RunnerLeft(run=cfg.run, source=self.id, runner=self.id, reason=str(e)[:2000]))
+            with contextlib.suppress(Exception):
+                await self.lab.close()
+            self.lab = None  # it left: shutdown announces nothing more
+            raise
         log.info("runner %s up: classes %s, executor %s", self.id, classes, self.lab.name)
 
     async def _make_lab(self, profile: str, hw: Hardware, simulated: bool) -> Lab:

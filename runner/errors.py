@@ -21,3 +21,8 @@ class PrepareFailed(RunnerError):
 
 class CalibrationFailed(RunnerError):
     """The unmodified train.py did not run to a trusted result on this runner: it must not take work."""
+
+
+class DataMismatch(RunnerError):
+    """The run's runners of this hardware class train on other data (dataset or tokenizer fingerprint) than
+    this runner prepared: its results would compare nothing, so it does not join."""

@@ -1,5 +1,7 @@
 """Once per node (per runner start): the pristine prepare.py copy, prepare.py's ``ensure_prepared`` run as
-its own process, and the world-readable training view that training gets instead of the cache."""
+its own process on the data the runner was given (``--dataset`` / ``--corpus`` / ``--dataset-url`` /
+``--num-shards``, else the profile's default), the world-readable training view that training gets instead
+of the cache, and the check that the run's other runners of the class train on the same data."""
 
 from __future__ import annotations
 
@@ -12,8 +14,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js import api as jsapi
+
+from bus import subjects
+from bus.events import EventDecodeError, RunnerJoined, check_token, decode
 from runner.config import RunnerConfig
-from runner.errors import ExecutorUnavailable, PrepareFailed
+from runner.errors import DataMismatch, ExecutorUnavailable, PrepareFailed
 from runner.executors.base import NodeData
 from runner.executors.sandbox import scrubbed_env
 
@@ -23,10 +31,39 @@ _PREPARE_SNIPPET = """
 import dataclasses, json, sys
 sys.path.insert(0, ".")
 import prepare
-p = prepare.ensure_prepared(profile=sys.argv[1])
+a = json.loads(sys.argv[1])
+notes = []
+try:
+    p = prepare.ensure_prepared(profile=a["profile"], dataset=a["dataset"], corpus=a["corpus"],
+                                num_shards=a["num_shards"], base_url=a["base_url"], on_fallback=notes.append)
+except prepare.PrepareError as e:
+    print("SWARM_PREPARE_ERROR " + json.dumps(str(e)))
+    sys.exit(3)
 d = dataclasses.asdict(p) if dataclasses.is_dataclass(p) else dict(vars(p))
-print("SWARM_PREPARED " + json.dumps({k: (v if isinstance(v, (int, float)) else str(v)) for k, v in d.items()}))
+d = {k: (v if isinstance(v, (int, float)) else str(v)) for k, v in d.items()}
+print("SWARM_PREPARED " + json.dumps({**d, "notes": notes}))
 """
+
+# What the preparation (a download, in the runner's own trusted process, never in a step) may inherit
+# beyond the scrubbed environment: proxies and certificate bundles of a node behind a proxy.
+DOWNLOAD_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+                "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE")
+
+
+def data_request(config: RunnerConfig, profile: str) -> dict[str, object]:
+    """The arguments of prepare.py's ``ensure_prepared`` for this runner (None: the profile's default)."""
+    return {"profile": profile, "dataset": config.dataset or None,
+            "corpus": str(config.corpus) if config.corpus else None, "num_shards": config.num_shards,
+            "base_url": config.dataset_url or None}  # fmt: skip
+
+
+def data_flags(config: RunnerConfig) -> str:
+    """The flags that chose this runner's data, as a person would type them (for messages)."""
+    parts = [f"--dataset {config.dataset}" if config.dataset else "",
+             f"--corpus {config.corpus}" if config.corpus else "",
+             f"--dataset-url {config.dataset_url}" if config.dataset_url else "",
+             f"--num-shards {config.num_shards}" if config.num_shards is not None else ""]  # fmt: skip
+    return " ".join(p for p in parts if p) or "none (the profile's default data)"
 
 
 def default_cache_dir(config: RunnerConfig) -> Path:
@@ -102,12 +139,13 @@ async def prepare_node(config: RunnerConfig, profile: str, hw_class: str = "") -
     pristine, _ = install_pristine(config)
     cache = default_cache_dir(config)
     cache.mkdir(parents=True, exist_ok=True)
-    env = scrubbed_env({"SWARM_CACHE_DIR": str(cache), "SWARM_PROFILE": profile, "HOME": str(Path.home())})
+    env = scrubbed_env({"SWARM_CACHE_DIR": str(cache), "SWARM_PROFILE": profile, "HOME": str(Path.home()),
+                        **{k: os.environ[k] for k in DOWNLOAD_ENV if k in os.environ}})
     proc = await asyncio.create_subprocess_exec(
         config.python or sys.executable,
         "-c",
         _PREPARE_SNIPPET,
-        profile,
+        json.dumps(data_request(config, profile)),
         cwd=str(pristine),
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -116,11 +154,18 @@ async def prepare_node(config: RunnerConfig, profile: str, hw_class: str = "") -
     out_b, _ = await proc.communicate()
     out = out_b.decode(errors="replace")
     lines = [ln for ln in out.splitlines() if ln.startswith("SWARM_PREPARED ")]
+    errors = [ln for ln in out.splitlines() if ln.startswith("SWARM_PREPARE_ERROR ")]
+    if errors:  # prepare.py's own message says what was wrong and what to do
+        raise PrepareFailed(f"runner {config.runner_id}: preparing its data ({data_flags(config)}) failed: "
+                            f"{json.loads(errors[-1].split(' ', 1)[1])}")
     if proc.returncode != 0 or not lines:
         raise PrepareFailed(
-            f"prepare.py ensure_prepared(profile={profile!r}) failed (exit {proc.returncode}):\n{out[-3000:]}"
+            f"prepare.py ensure_prepared({data_request(config, profile)}) failed (exit {proc.returncode}):\n"
+            f"{out[-3000:]}"
         )
     info = json.loads(lines[-1].split(" ", 1)[1])
+    for note in info.pop("notes", []):
+        log.warning("runner %s: %s", config.runner_id, note)
     return await asyncio.to_thread(_node_data, config, profile, hw_class, info, pristine, cache)
 
 
@@ -162,3 +207,77 @@ def simulated_node(config: RunnerConfig, profile: str, hw_class: str = "") -> No
         tokenizer_fingerprint="simulated",
         hw_class=hw_class,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# the run's data: every runner of a hardware class in a run trains on the same dataset and tokenizer
+
+
+def dataset_name(data: NodeData) -> str:
+    """The name of the source the node's data came from (prepare.py's meta: climbmix, stdlib, corpus:x)."""
+    if data.dataset_fingerprint == "simulated":
+        return "simulated"
+    try:
+        return str(json.loads((data.data_view / "meta.json").read_text()).get("dataset", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+async def runner_joins(js: JetStreamContext, run: str, before_seq: int | None = None,
+                       batch: int = 256) -> list[RunnerJoined]:
+    """The run's RunnerJoined events in stream order (only those stored before stream sequence
+    ``before_seq`` when given), read with an ephemeral pull consumer on the run's runner subject (what the
+    runner role may do; the server removes the consumer when idle)."""
+    subject = subjects.publish_pattern(RunnerJoined).replace("*", check_token("run", run), 1)
+    info = await js.stream_info(subjects.STREAM, subjects_filter=subject)
+    total = sum((info.state.subjects or {}).values())
+    if not total:
+        return []
+    config = jsapi.ConsumerConfig(ack_policy=jsapi.AckPolicy.NONE, deliver_policy=jsapi.DeliverPolicy.ALL,
+                                  inactive_threshold=10.0, mem_storage=True, max_deliver=1)  # fmt: skip
+    sub = await js.pull_subscribe(subject, stream=subjects.STREAM, config=config)
+    out: list[RunnerJoined] = []
+    seen = 0
+    try:
+        for _ in range(total // batch + 10):  # bounded: the messages counted above, in batches
+            if seen >= total:
+                break
+            try:
+                msgs = await sub.fetch(min(batch, total - seen), timeout=5.0)
+            except nats.errors.TimeoutError:
+                break  # fewer than counted (a purge meanwhile): what was read is all there is
+            for m in msgs:
+                seen += 1
+                if before_seq is not None and m.metadata.sequence.stream >= before_seq:
+                    continue
+                try:
+                    event = decode(m.data)
+                except EventDecodeError:
+                    continue
+                if isinstance(event, RunnerJoined) and event.run == run:
+                    out.append(event)
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def check_run_data(js: JetStreamContext, config: RunnerConfig, hw_class: str, data: NodeData,
+                         before_seq: int | None = None) -> None:
+    """Raise :class:`DataMismatch` when a runner of ``hw_class`` joined the run (before ``before_seq``) with
+    another dataset or tokenizer fingerprint than this node's. Joins that name no fingerprint (runners older
+    than the fields) are not compared."""
+    mine = (data.dataset_fingerprint, data.tokenizer_fingerprint)
+    for j in await runner_joins(js, config.run, before_seq):
+        if j.hardware.hw_class != hw_class or not j.dataset_fingerprint:
+            continue
+        if (j.dataset_fingerprint, j.tokenizer_fingerprint) != mine:
+            raise DataMismatch(
+                f"runner {config.runner_id} does not join run {config.run}: its {hw_class} runners train on "
+                f"{j.dataset or 'a dataset'} (dataset fingerprint {j.dataset_fingerprint}, tokenizer "
+                f"{j.tokenizer_fingerprint}; runner {j.runner} joined with it), but this runner prepared "
+                f"{dataset_name(data) or 'other data'} (dataset fingerprint {data.dataset_fingerprint}, tokenizer "
+                f"{data.tokenizer_fingerprint}) from its data flags: {data_flags(config)}. Results on different "
+                "data compare nothing. Start it with the run's data, using the flags that pick the data as the "
+                "run's other runners do: --dataset NAME (climbmix, fineweb-edu, offline), --corpus DIR, "
+                "--dataset-url URL, --num-shards N (or SWARM_DATASET, SWARM_CORPUS, SWARM_DATASET_URL, "
+                "SWARM_NUM_SHARDS; swarm up takes the same flags); or join another run (--run NAME).")

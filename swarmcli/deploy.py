@@ -15,6 +15,11 @@ run in one of two sandboxes:
   experiment containers do, by the host index ``--gpu N``), so its hardware class is given (``--hw-class``,
   read from this machine's nvidia-smi when not passed).
 
+The runners' data comes from the environment compose is started with (:data:`DATA_ENV`, read by the
+runner's own options): ``SWARM_DATASET`` (climbmix, fineweb-edu, offline), ``SWARM_DATASET_URL`` (a mirror),
+``SWARM_NUM_SHARDS``; unset, a GPU runner trains on climbmix where it downloads, else on the offline corpus
+(its log says so). Every runner of the box shares the data cache volume, so the shards download once.
+
 Kubernetes: ``deploy/k8s`` (manifests + values for the official NATS Helm chart).
 """
 
@@ -39,6 +44,8 @@ HEADER = """\
 #   swarm creds --out {creds}    # bus users; nats enforces them
 #   docker build -t research-swarm:latest .    # or SWARM_IMAGE=<your image>
 #   SWARM_NODE=$(hostname) SWARM_RUN=myrun ANTHROPIC_API_KEY=... docker compose up -d
+# Data: SWARM_DATASET=climbmix|fineweb-edu|offline, SWARM_DATASET_URL=<mirror>, SWARM_NUM_SHARDS=N (unset: a GPU
+# runner trains on climbmix where it downloads, else on the offline corpus, and its log says so).
 # Each runner gets one GPU (an NVIDIA device reservation: the NVIDIA Container Toolkit), which inside its
 # container is device 0. {sandbox}
 """
@@ -68,6 +75,11 @@ def _base(image: str) -> dict[str, Any]:
 
 def _env(**extra: str) -> dict[str, str]:
     return {"SWARM_NATS_URL": NATS_URL, "SWARM_RUN": "${SWARM_RUN:-default}", **extra}
+
+
+# The runners' data, from the environment compose runs in (the runner reads these as its option defaults:
+# runner/__main__.py); empty means the profile's default.
+DATA_ENV = {name: f"${{{name}:-}}" for name in ("SWARM_DATASET", "SWARM_DATASET_URL", "SWARM_NUM_SHARDS")}
 
 
 def render_compose(
@@ -138,7 +150,7 @@ def render_compose(
             svc["volumes"] = ["/var/run/docker.sock:/var/run/docker.sock", f"{host_root}:{host_root}"]
         args += ["--state-dir", state, "--cache-dir", cache]
         svc["command"] = _Flow(args)
-        svc["environment"] = _env(SWARM_CACHE_DIR=cache)
+        svc["environment"] = _env(SWARM_CACHE_DIR=cache, **DATA_ENV)
         if gpus and sandbox == "namespace":
             svc["deploy"] = {
                 "resources": {

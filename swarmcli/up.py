@@ -47,6 +47,11 @@ class UpConfig:
     agent_options: list[Any] = field(default_factory=list)  # agents.options.AgentOptions, one per agent
     secure: bool = False
     dashboard_port: int | None = None  # serve the web dashboard on this port (swarm up --dashboard)
+    # the runners' data (runner.config.RunnerConfig: dataset, corpus, dataset_url, num_shards)
+    dataset: str = ""
+    corpus: Path | None = None
+    dataset_url: str = ""
+    num_shards: int | None = None
 
 
 def _gpu_count() -> int:
@@ -131,6 +136,15 @@ def _port_free(host: str, port: int) -> bool:
 @click.option("--agent-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Per-agent config file (TOML): [[agent]] entries (spec, timeout, max_tokens, temperature, "
                    "tool_choice, headers, prices, ...) and [defaults]; its agents replace the default ones.")  # fmt: skip
+@click.option("--dataset", default="", envvar="SWARM_DATASET", metavar="NAME",
+              help="The runners' data: climbmix, fineweb-edu or offline. Default: the profile's (GPU: climbmix "
+                   "where it downloads, else the offline corpus, with a message; CPU: offline).")  # fmt: skip
+@click.option("--corpus", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              envvar="SWARM_CORPUS", help="Train on your own .txt/.md/.py/.parquet files (a directory) instead.")
+@click.option("--dataset-url", default="", envvar="SWARM_DATASET_URL", metavar="URL",
+              help="A mirror serving the dataset's parquet shards (shard_00000.parquet, ...).")  # fmt: skip
+@click.option("--num-shards", type=int, default=None, envvar="SWARM_NUM_SHARDS",
+              help="Training shards to download (default 10); the validation shard is pinned.")  # fmt: skip
 def up(
     run: str | None,
     agent_specs: str | None,
@@ -154,6 +168,10 @@ def up(
     isolated: bool,
     validate_class: str | None,
     agent_config: Path | None,
+    dataset: str,
+    corpus: Path | None,
+    dataset_url: str,
+    num_shards: int | None,
 ) -> None:
     """Run a whole swarm on this machine: nats-server, ledger, runners, agents; Ctrl-C stops cleanly.
 
@@ -169,6 +187,12 @@ def up(
     try:
         check_token("run", run)
     except ValueError as e:
+        _fail(str(e))
+    import prepare  # the one home of what a request for data may be
+
+    try:
+        prepare.check_data_request(dataset or None, str(corpus) if corpus else None, num_shards, dataset_url or None)
+    except prepare.PrepareError as e:
         _fail(str(e))
     from agents.errors import SpecError
     from agents.options import AgentOptions, load_agent_file, merge
@@ -205,7 +229,8 @@ def up(
         live=sys.stdout.isatty() if live is None else live,
         report=report or state_dir / run / "report.html", calibrate=calibrate,
         extra={"max_gpu_seconds": gpu_seconds_per_agent, "isolated": isolated},
-        secure=secure, agent_options=plans, dashboard_port=dashboard_port,
+        secure=secure, agent_options=plans, dashboard_port=dashboard_port, dataset=dataset,
+        corpus=absolute(corpus) if corpus else None, dataset_url=dataset_url, num_shards=num_shards,
     )  # fmt: skip
     if validate_class:  # screen -> validate (agents.promotion); "none": no promotion
         cfg.extra["validate_class"] = "" if validate_class == "none" else validate_class
@@ -276,6 +301,7 @@ async def run_up(cfg: UpConfig, stop: asyncio.Event) -> None:
                 nats_urls=(url,), run=cfg.run, runner_id=f"{socket.gethostname()[:30]}-r{i}".replace(".", "-"),
                 executor=cfg.executor, state_dir=run_dir / f"runner{i}", max_budget=cfg.budget,
                 gpu=gpu, threads=cfg.threads, time_scale=cfg.time_scale, calibrate=cfg.calibrate,
+                dataset=cfg.dataset, corpus=cfg.corpus, dataset_url=cfg.dataset_url, num_shards=cfg.num_shards,
             )  # fmt: skip
             tasks[f"runner{i}"] = asyncio.create_task(run_runner(rc, stop=runner_stop))
         # agents start once the runners have joined, so the first wave sees the hardware classes (and
