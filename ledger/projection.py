@@ -96,12 +96,13 @@ _MAPPING: dict[type[ev.Event], tuple[str, list[_Col]]] = {
     ev.RunnerJoined: ("runners", [
         "runner", ("action", _const("joined")), ("hw_class", _hw_class), ("hardware", _json_of("hardware")),
         "classes", "executor", ("calibration", _json_of("calibration")), ("steps_per_second", _steps_per_second),
-        ("reason", _const("")),
+        ("reason", _const("")), "dataset", "dataset_fingerprint", "tokenizer_fingerprint",
     ]),
     ev.RunnerLeft: ("runners", [
         "runner", ("action", _const("left")), ("hw_class", _const(None)), ("hardware", _const(None)),
         ("classes", _const(None)), ("executor", _const(None)), ("calibration", _const(None)),
-        ("steps_per_second", _const(None)), "reason",
+        ("steps_per_second", _const(None)), "reason", ("dataset", _const(None)),
+        ("dataset_fingerprint", _const(None)), ("tokenizer_fingerprint", _const(None)),
     ]),
     ev.LlmUsage: ("llm_usage", [
         "agent", "provider", "model", "input_tokens", "output_tokens", "cost_usd", "latency_seconds", "ok",
