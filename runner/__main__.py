@@ -19,7 +19,8 @@ from runner.errors import RunnerError
 
 
 def parse_args(argv: list[str] | None = None) -> RunnerConfig:
-    p = argparse.ArgumentParser(prog="python -m runner", description="swarm runner daemon")
+    prog = "swarm runner" if sys.argv[0] == "swarm runner" else "python -m runner"  # how it was started
+    p = argparse.ArgumentParser(prog=prog, description="swarm runner daemon")
     p.add_argument("--nats", default="nats://127.0.0.1:4222", help="comma-separated server URLs")
     p.add_argument("--run", default="default")
     p.add_argument("--id", default="", help="runner id (default: host-gpuN or host-pPID)")

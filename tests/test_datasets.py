@@ -33,7 +33,7 @@ from runner import node
 from runner.__main__ import parse_args
 from runner.config import RunnerConfig
 from runner.daemon import Runner
-from runner.errors import DataMismatch
+from runner.errors import DataMismatch, PrepareFailed
 from runner.executors.base import NodeData
 from swarmcli.deploy import render_compose
 from tests.support.bus import RUN, all_events, finished, propose
@@ -199,6 +199,35 @@ def test_runners_that_start_together_download_each_shard_once(mirror: _ShardServ
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     assert len({json.loads(o.strip().splitlines()[-1])["dataset_fingerprint"] for o, _ in outs}) == 1
     assert sorted(name for name, _ in mirror.requests_seen) == sorted(SHARDS)  # one GET per shard
+
+
+async def test_the_runner_logs_the_fallback_and_trains_offline(
+    tmp_path: Path, prepared_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runner's own preparation path when its profile's default dataset cannot be downloaded: its
+    pristine prepare.py is a copy whose cpu default is climbmix at an address that answers nothing."""
+    src = (REPO / "prepare.py").read_text()
+    for old, new in (('DEFAULT_DATASET = {"cpu": OFFLINE_DATASET,', 'DEFAULT_DATASET = {"cpu": "climbmix",'),
+                     ("https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main", closed_url()),
+                     ("DOWNLOAD_BACKOFF = 1.0", "DOWNLOAD_BACKOFF = 0.0")):  # fmt: skip
+        assert src.count(old) == 1, old
+        src = src.replace(old, new)
+    copy = tmp_path / "harness-copy" / "prepare.py"
+    copy.parent.mkdir()
+    copy.write_text(src)
+    cfg = RunnerConfig(runner_id="fb", state_dir=tmp_path / "state", cache_dir=prepared_cache, prepare_py=copy)
+    with caplog.at_level("WARNING", logger="swarm.runner.node"):
+        data = await node.prepare_node(cfg, "cpu", "cpu")
+    offline = json.loads(next((prepared_cache / "data").glob("*/trainview/meta.json")).read_text())
+    assert data.dataset_fingerprint == offline["dataset_fingerprint"] and node.dataset_name(data) == "stdlib"
+    [warning] = [r.getMessage() for r in caplog.records if "FALLING BACK" in r.getMessage()]
+    assert warning.startswith("runner fb: the cpu profile's default data, climbmix") and "--dataset offline" in warning
+    # asked for by name, the same unreachable dataset is an error that says what to do
+    cfg = RunnerConfig(runner_id="fb", state_dir=tmp_path / "state", cache_dir=prepared_cache, prepare_py=copy,
+                       dataset="climbmix")  # fmt: skip
+    with pytest.raises(PrepareFailed, match=r"(?s)runner fb: preparing its data \(--dataset climbmix\) failed: "
+                                            r".*asked for by name.*--dataset offline"):
+        await node.prepare_node(cfg, "cpu", "cpu")
 
 
 # --------------------------------------------------------------------------------------------------
