@@ -15,7 +15,8 @@ from nats.js import JetStreamContext
 from bus import EmbeddedServer
 from bus.events import ExperimentClaimed, ExperimentFinished, RunnerLeft
 from runner.daemon import Runner
-from tests.test_runner_helpers import RUN, all_events, config, harness, propose, wait_for
+from tests.support.bus import RUN, all_events, propose, wait_for
+from tests.support.sim import sim_config
 
 pytestmark = pytest.mark.faults
 
@@ -27,7 +28,6 @@ def spawn_runner(tmp: Path, url: str, rid: str, *extra: str) -> subprocess.Popen
     cmd = [
         sys.executable, "-m", "runner", "--nats", url, "--run", RUN, "--id", rid, "--hw-class", "cpu",
         "--executor", "simulated", "--state-dir", str(tmp / f"state-{rid}"), "--no-calibrate",
-        "--prepare-py", str(harness(tmp)), "--baseline-train-py", str(tmp / "none.py"),
         "--ack-wait", "2", "--fetch-timeout", "0.3", *extra,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "CI"}
@@ -44,7 +44,7 @@ def claimed_by(rid: str, hid: str) -> object:
 async def test_kill9_mid_experiment_is_redelivered_and_finished_once(
     tmp_path: Path, nats_server: EmbeddedServer, nc: object, js: JetStreamContext
 ) -> None:
-    h = await propose(js, SOURCE)
+    h = await propose(js, SOURCE, budget=60.0, budget_unit="seconds")
     # a long experiment: 60 s budget at time_scale 1 (killed long before it ends)
     proc = spawn_runner(tmp_path, nats_server.url, "doomed", "--budget", "60")
     try:
@@ -52,7 +52,7 @@ async def test_kill9_mid_experiment_is_redelivered_and_finished_once(
     finally:
         proc.kill()
         proc.wait()
-    cfg = config(
+    cfg = sim_config(
         tmp_path,
         nats_server.url,
         runner_id="survivor",
@@ -70,7 +70,7 @@ async def test_kill9_mid_experiment_is_redelivered_and_finished_once(
 async def test_sigterm_gives_the_item_back_and_another_runner_finishes_it(
     tmp_path: Path, nats_server: EmbeddedServer, nc: object, js: JetStreamContext
 ) -> None:
-    h = await propose(js, SOURCE)
+    h = await propose(js, SOURCE, budget=60.0, budget_unit="seconds")
     proc = spawn_runner(
         tmp_path, nats_server.url, "leaver", "--budget", "60", "--stop-grace", "0.5", "--ack-wait", "30"
     )
@@ -86,7 +86,7 @@ async def test_sigterm_gives_the_item_back_and_another_runner_finishes_it(
     evs = await all_events(js)
     assert any(isinstance(e, RunnerLeft) and e.runner == "leaver" for e in evs)
     assert not [e for e in evs if isinstance(e, ExperimentFinished)]
-    cfg = config(
+    cfg = sim_config(
         tmp_path,
         nats_server.url,
         runner_id="taker",
