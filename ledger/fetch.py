@@ -7,7 +7,8 @@ time are in its ack subject, and the event is its payload. So:
 
 * :class:`FrameParser` is nats-py's protocol parser with a fast lane. ``MSG``/``HMSG`` frames of a
   subscription registered with :meth:`FrameParser.route` are appended, as ``(subject, reply, headers,
-  payload)`` byte tuples, to that subscription's :class:`FrameSink` in one pass over the read buffer.
+  payload)`` byte tuples, to that subscription's :class:`FrameSink` in one pass over the read buffer
+  (headers only for a frame without a reply subject: a status).
   Every other frame (other subscriptions, PING, INFO, -ERR) goes through nats-py's own processing,
   unchanged, so the connection keeps working for everyone else on it (``swarm up`` shares one).
 * :class:`PullFeed` keeps pull requests outstanding on a consumer (so the server streams while the
@@ -23,8 +24,10 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import repeat
+from typing import Any, overload
 
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
@@ -66,6 +69,8 @@ class FrameSink:
 
     def take(self, n: int) -> list[Frame]:
         """Up to ``n`` frames, oldest first."""
+        if n <= 0:
+            return []
         if len(self.frames) <= n:
             out, self.frames = self.frames, []
         else:
@@ -97,22 +102,24 @@ class FrameParser(Parser):
             await super().parse()
             return
         buf = self.buf
+        data = bytes(buf)  # one copy per read (32 KiB): slicing bytes copies once, a bytearray twice
         gen = self._generation
         sinks = self.sinks
         touched: list[FrameSink] = []
-        pos, n = 0, len(buf)
+        pos, n = 0, len(data)
+        find = data.find
         try:
             while pos < n:
-                end = buf.find(b"\r\n", pos)
+                end = find(b"\r\n", pos)
                 if end < 0:
                     break
-                first = buf[pos]
+                first = data[pos]
                 if first == 72 or first == 77:  # "H"MSG / "M"SG: <subject> <sid> [reply] [hdr len] <len>
-                    parts = bytes(buf[pos:end]).split()
+                    parts = data[pos:end].split()
                     op = parts[0]
                     hmsg = op == b"HMSG"
                     if (not hmsg and op != b"MSG") or len(parts) < (5 if hmsg else 4):
-                        line = bytes(buf[pos : end + 2])  # not a message after all: nats-py decides
+                        line = data[pos : end + 2]  # not a message after all: nats-py decides
                         pos = end + 2
                         if not await self._delegate(line, gen):
                             return
@@ -127,22 +134,30 @@ class FrameParser(Parser):
                     stop = start + total
                     if stop + 2 > n:
                         break  # the payload is not all here yet
-                    has_reply = len(parts) == (6 if hmsg else 5)
-                    reply = parts[3] if has_reply else b""
-                    hdr = bytes(buf[start : start + hlen]) if hlen else None
-                    payload = bytes(buf[start + hlen : stop])
+                    reply = parts[3] if len(parts) == (6 if hmsg else 5) else b""
+                    payload = data[start + hlen : stop]
                     pos = stop + 2
                     sink = sinks.get(sid)
                     if sink is not None:
-                        sink.frames.append((parts[1], reply, hdr, payload))
+                        # a stream message's headers (its Nats-Msg-Id) are of no use to the ledger: only a
+                        # status (no reply subject) keeps them
+                        sink.frames.append(
+                            (
+                                parts[1],
+                                reply,
+                                None if reply or not hlen else data[start : start + hlen],
+                                payload,
+                            )
+                        )
                         if not touched or touched[-1] is not sink:
                             touched.append(sink)
                     else:
+                        hdr = data[start : start + hlen] if hlen else None
                         await self.nc._process_msg(sid, parts[1], reply, payload, hdr)
                         if self._generation != gen:
                             return
                 else:
-                    line = bytes(buf[pos : end + 2])
+                    line = data[pos : end + 2]
                     pos = end + 2
                     if not await self._delegate(line, gen):
                         return
@@ -196,18 +211,65 @@ async def install(nc: NATS, *, timeout: float = 5.0) -> FrameParser:
 # pull consumer
 
 
+def _ack_tokens(reply: bytes) -> tuple[bytes, bytes]:
+    """(stream sequence, stored time in ns) from a JetStream ack subject:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts_ns>.<pending>`` (9 tokens), or the v2 form
+    with domain and account hash after ``$JS.ACK`` (12 or more tokens)."""
+    tokens = reply.split(b".")
+    if len(tokens) == 9:
+        return tokens[5], tokens[7]
+    if len(tokens) >= 12:
+        return tokens[7], tokens[9]
+    raise ProjectorError(f"not a JetStream message (reply subject {reply!r})")
+
+
+class _StoredTimes(Sequence[float]):
+    """The stored times of a batch's messages, read from their ack subjects only when asked (the
+    projection needs them only for rejects)."""
+
+    def __init__(self, replies: list[bytes]) -> None:
+        self._replies = replies
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+    @overload
+    def __getitem__(self, i: int) -> float: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[float]: ...
+    def __getitem__(self, i: int | slice) -> float | list[float]:
+        if isinstance(i, slice):
+            return [int(_ack_tokens(r)[1]) / 1e9 for r in self._replies[i]]
+        return int(_ack_tokens(self._replies[i])[1]) / 1e9
+
+
 @dataclass
 class Batch:
-    """Stream messages as columns, in delivery order; ``last_reply`` acks them all (AckPolicy.ALL)."""
+    """Stream messages as columns, in delivery order, with their ack subjects (the last acks them all
+    under AckPolicy.ALL)."""
 
     seqs: list[int] = field(default_factory=list)
     subjects: list[str] = field(default_factory=list)
     datas: list[bytes] = field(default_factory=list)
-    tss: list[float] = field(default_factory=list)
-    last_reply: bytes = b""
+    replies: list[bytes] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.seqs)
+
+    @property
+    def tss(self) -> Sequence[float]:
+        """When the stream stored each message (unix seconds)."""
+        return _StoredTimes(self.replies)
+
+    @property
+    def last_reply(self) -> bytes:
+        return self.replies[-1] if self.replies else b""
+
+    def extend(self, other: Batch) -> None:
+        self.seqs += other.seqs
+        self.subjects += other.subjects
+        self.datas += other.datas
+        self.replies += other.replies
 
 
 _STATUS_PREFIX = b"NATS/1.0 "
@@ -314,42 +376,49 @@ class PullFeed:
         frames = self.sink.take(max_msgs - len(out))
         if not frames:
             return
-        seqs, subs, datas, tss = out.seqs, out.subjects, out.datas, out.tss
+        subjects_b, replies, _, payloads = zip(*frames, strict=True)
+        if b"" in replies:  # statuses of our pull requests among them (no reply subject)
+            data_frames = []
+            for frame in frames:
+                if frame[1]:
+                    data_frames.append(frame)
+                else:
+                    self._status(frame[2])
+            if not data_frames:
+                return
+            subjects_b, replies, _, payloads = zip(*data_frames, strict=True)
+        n = len(replies)
+        if sum(map(bytes.count, replies, repeat(b".", n))) == 8 * n:  # the usual 9-token ack subjects
+            seqs = [int(r.rsplit(b".", 4)[1]) for r in replies]
+        else:
+            seqs = [int(_ack_tokens(r)[0]) for r in replies]
         cache = self._subject_cache
-        delivered = 0
-        for subject, reply, hdr, payload in frames:
-            if not reply:  # a status of our pull requests: 404/408 no (more) messages, 409, 100
-                if hdr is not None and hdr.startswith(_STATUS_PREFIX):
-                    pending = _pending_of(hdr)
-                    if pending is not None:
-                        self._outstanding = max(0, self._outstanding - pending)
-                    elif hdr[9:12] in (b"408", b"409"):
-                        self._outstanding = 0  # no count given: make fresh requests
-                    if pending == self.request and hdr.startswith(b"NATS/1.0 409 Message Size Exceeds"):
-                        # a request that carried nothing: the next message is larger than a request
-                        # may carry (the stream allows bigger messages than ours), so let them carry more
-                        self.request_bytes = min(2 * self.request_bytes, 32 << 20)
-                continue
-            tokens = reply.split(b".")
-            if len(tokens) == 9:
-                seq, ts_ns = tokens[5], tokens[7]
-            elif len(tokens) >= 12:
-                seq, ts_ns = tokens[7], tokens[9]
-            else:
-                raise ProjectorError(f"not a JetStream message (reply subject {reply!r})")
-            sub = cache.get(subject)
-            if sub is None:
-                sub = subject.decode()
-                if len(cache) > 10_000:
-                    cache.clear()
-                cache[subject] = sub
-            seqs.append(int(seq))
-            subs.append(sub)
-            datas.append(payload)
-            tss.append(int(ts_ns) / 1e9)
-            out.last_reply = reply
-            delivered += 1
-        self._outstanding = max(0, self._outstanding - delivered)
+        new = set(subjects_b) - cache.keys()
+        if new:
+            if len(cache) > 10_000:
+                cache.clear()
+                new = set(subjects_b)
+            for subject in new:
+                cache[subject] = subject.decode()
+        out.seqs += seqs
+        out.subjects += map(cache.__getitem__, subjects_b)
+        out.datas += payloads
+        out.replies += replies
+        self._outstanding = max(0, self._outstanding - n)
+
+    def _status(self, hdr: bytes | None) -> None:
+        """A status of our pull requests: 404/408 no (more) messages, 409 (max bytes, ...), 100."""
+        if hdr is None or not hdr.startswith(_STATUS_PREFIX):
+            return
+        pending = _pending_of(hdr)
+        if pending is not None:
+            self._outstanding = max(0, self._outstanding - pending)
+        elif hdr[9:12] in (b"408", b"409"):
+            self._outstanding = 0  # no count given: make fresh requests
+        if pending == self.request and hdr.startswith(b"NATS/1.0 409 Message Size Exceeds"):
+            # a request that carried nothing: the next message is larger than a request may carry (the
+            # stream allows bigger messages than ours), so let requests carry more
+            self.request_bytes = min(2 * self.request_bytes, 32 << 20)
 
     async def ack_all(self, batch: Batch) -> None:
         """Ack every message up to the batch's last (the consumer's AckPolicy.ALL)."""

@@ -22,7 +22,13 @@ import pyarrow as pa
 from bus import events as ev
 from bus import subjects
 from bus.results import disposition
-from ledger.schema import DISPOSITION_SQL, EXPERIMENT_COLUMNS, delete_experiments, refresh_experiments
+from ledger.schema import (
+    ALL_KEYS_SQL,
+    DISPOSITION_SQL,
+    EXPERIMENT_COLUMNS,
+    delete_experiments,
+    refresh_experiments,
+)
 
 _json = msgspec.json.Encoder()
 
@@ -41,27 +47,33 @@ class RawMessage:
     ts: float = 0.0  # when the stream stored it (unix seconds); the ts of a reject, so replay equals live
 
 
-_Col = str | tuple[str, Callable[[list[Any]], list[Any]]]
+@dataclass(frozen=True, slots=True)
+class _Const:
+    value: Any
 
 
-def _const(value: Any) -> Callable[[list[Any]], list[Any]]:
-    return lambda evs: [value] * len(evs)
+_Col = str | tuple[str, "Callable[[Any], Any] | _Const"]
 
 
-def _json_of(attr: str) -> Callable[[list[Any]], list[Any]]:
-    return lambda evs: [_js(getattr(e, attr)) for e in evs]
+def _const(value: Any) -> _Const:
+    """A column with the same value in every row of the event type."""
+    return _Const(value)
 
 
-def _hw_class(evs: list[Any]) -> list[Any]:
-    return [e.hardware.hw_class for e in evs]
+def _json_of(attr: str) -> Callable[[Any], Any]:
+    return lambda e: _js(getattr(e, attr))
 
 
-def _steps_per_second(evs: list[Any]) -> list[Any]:
-    return [e.calibration.steps_per_second if e.calibration else None for e in evs]
+def _hw_class(e: Any) -> Any:
+    return e.hardware.hw_class
+
+
+def _steps_per_second(e: Any) -> Any:
+    return e.calibration.steps_per_second if e.calibration else None
 
 
 # event type -> (table, columns after the envelope). A column is an attribute of the event of the same
-# name, or (name, function from the batch's events of that type to the column's values).
+# name, (name, function of the event) or (name, _const(value)).
 _MAPPING: dict[type[ev.Event], tuple[str, list[_Col]]] = {
     ev.HypothesisProposed: ("hypotheses", [
         "hypothesis_id", "agent", "model", "parent", "train_py", "train_py_sha256", "ast_sha256", "diff",
@@ -114,24 +126,57 @@ _MAPPING: dict[type[ev.Event], tuple[str, list[_Col]]] = {
 _ENVELOPE = ("event_id", "run", "source", "ts")
 
 
-def _plan(cols: list[_Col]) -> tuple[list[str], Callable[[Any], Any], list[tuple[str, Callable[[list[Any]], list[Any]]]]]:
+@dataclass(frozen=True)
+class _Plan:
+    """How one event type becomes rows: ``row(event)`` is the tuple of the columns ``names`` (envelope
+    first), taken right after the event is decoded, while it is still in the CPU's cache (transposing
+    the batch's events afterwards cost as much as decoding them); ``consts`` are the same in every row."""
+
+    table: str
+    names: list[str]
+    row: Callable[[Any], tuple[Any, ...]]
+    consts: list[tuple[str, Any]]
+
+
+def _plan(table: str, cols: list[_Col]) -> _Plan:
     attrs = [*_ENVELOPE, *(c for c in cols if isinstance(c, str))]
-    return attrs, operator.attrgetter(*attrs), [c for c in cols if not isinstance(c, str)]
+    get = operator.attrgetter(*attrs)
+    fns = [(c[0], c[1]) for c in cols if not isinstance(c, str) and not isinstance(c[1], _Const)]
+    consts = [(c[0], c[1].value) for c in cols if not isinstance(c, str) and isinstance(c[1], _Const)]
+    row: Callable[[Any], tuple[Any, ...]]
+    if not fns:
+        row = get
+    elif len(fns) == 1:
+        f0 = fns[0][1]
+
+        def row(e: Any) -> tuple[Any, ...]:
+            return (*get(e), f0(e))
+    else:
+        calls = [f for _, f in fns]
+
+        def row(e: Any) -> tuple[Any, ...]:
+            return (*get(e), *[f(e) for f in calls])
+
+    return _Plan(table, [*attrs, *(n for n, _ in fns)], row, consts)
 
 
-# Per event type: its table, its column names (envelope first, seq last) and how to build them.
-_PLANS = {kind: (table, *_plan(cols)) for kind, (table, cols) in _MAPPING.items()}
+# Per event type: its table and how to build its rows.
+_PLANS = {kind: _plan(table, cols) for kind, (table, cols) in _MAPPING.items()}
 
 
 def _columns(kind: type[ev.Event], seqs: list[int], evs: list[Any]) -> tuple[str, dict[str, list[Any]]]:
-    """The column lists of one event type's rows: plain attributes transposed in C (attrgetter + zip)."""
-    table, attrs, get, extra = _PLANS[kind]
+    """The column lists of one event type's rows."""
+    plan = _PLANS[kind]
+    return plan.table, _transpose(plan, seqs, list(map(plan.row, evs)))
+
+
+def _transpose(plan: _Plan, seqs: list[int], rows: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {"seq": seqs}
-    for name, values in zip(attrs, zip(*map(get, evs), strict=True), strict=True):
+    for name, values in zip(plan.names, zip(*rows, strict=True), strict=True):
         out[name] = list(values)
-    for name, fn in extra:
-        out[name] = fn(evs)
-    return table, out
+    for name, value in plan.consts:
+        out[name] = [value] * len(seqs)
+    return out
 
 
 @dataclass
@@ -209,10 +254,13 @@ def project_columns(
     rows = Rows(last_seq=after_seq)
     seen: set[str] = set()
     kept_i: list[int] = []
-    kept_events: list[ev.AnyEvent] = []
+    kinds: list[type[ev.Event]] = []
+    envelopes: list[tuple[Any, ...]] = []
+    per_type: dict[type[ev.Event], tuple[_Plan, list[int], list[tuple[Any, ...]]]] = {}
     rej: list[tuple[int, str, str, bytes, float]] = []
     decode = ev.decode
     subject_of = _subject_of
+    envelope = _ENVELOPE_GET
     last = after_seq
     for i, seq in enumerate(seqs):
         if seq <= after_seq:
@@ -238,33 +286,28 @@ def project_columns(
         if eid in seen:
             continue
         seen.add(eid)
+        kind = type(event)
+        group = per_type.get(kind)
+        if group is None:
+            group = per_type[kind] = (_PLANS[kind], [], [])
+        group[1].append(seq)
+        group[2].append(group[0].row(event))
         kept_i.append(i)
-        kept_events.append(event)
+        kinds.append(kind)
+        envelopes.append(envelope(event))
     rows.last_seq = last
-    if kept_events:
-        kseqs = [seqs[i] for i in kept_i]
-        eids, runs, sources, ts, versions = (list(c) for c in zip(*map(_ENVELOPE_GET, kept_events), strict=True))
-        kinds = list(map(type, kept_events))
+    if kept_i:
+        eids, runs, sources, ts, versions = (list(c) for c in zip(*envelopes, strict=True))
         rows.events = {
-            "seq": kseqs, "event_id": eids, "type": [k.__name__ for k in kinds], "run": runs, "source": sources,
-            "ts": ts, "schema_version": versions, "subject": [subjects_[i] for i in kept_i],
+            "seq": [seqs[i] for i in kept_i], "event_id": eids, "type": [k.__name__ for k in kinds], "run": runs,
+            "source": sources, "ts": ts, "schema_version": versions, "subject": [subjects_[i] for i in kept_i],
             "data": [datas[i] for i in kept_i],
         }  # fmt: skip
-        by_type: dict[type[ev.Event], tuple[list[int], list[Any]]] = {}
-        if len(set(kinds)) == 1:
-            by_type[kinds[0]] = (kseqs, kept_events)
-        else:
-            for seq, kind, event in zip(kseqs, kinds, kept_events, strict=True):
-                group = by_type.get(kind)
-                if group is None:
-                    group = by_type[kind] = ([], [])
-                group[0].append(seq)
-                group[1].append(event)
-        for kind, (kseqs_k, evs) in by_type.items():
-            table, cols = _columns(kind, kseqs_k, evs)
-            out = rows.tables.get(table)
+        for plan, kseqs, tuples in per_type.values():
+            cols = _transpose(plan, kseqs, tuples)
+            out = rows.tables.get(plan.table)
             if out is None:
-                rows.tables[table] = cols
+                rows.tables[plan.table] = cols
             else:  # a second event type of the same table (joined/left)
                 for name, values in cols.items():
                     out[name].extend(values)
@@ -485,9 +528,11 @@ def _update_experiments(con: duckdb.DuckDBPyConnection, tables: dict[str, dict[s
         con.unregister("_batch_keys")
 
 
-def _write(con: duckdb.DuckDBPyConnection, rows: Rows, *, consumer: str, known: bool) -> int:
+def _write(con: duckdb.DuckDBPyConnection, rows: Rows, *, consumer: str, known: bool, derive: bool = True) -> int:
     """The body of :func:`apply`'s transaction. ``known=False``: insert every event as new (a duplicate
-    event_id raises ConstraintException); ``known=True``: keep only the events whose event_id is new."""
+    event_id raises ConstraintException); ``known=True``: keep only the events whose event_id is new.
+    ``derive=False``: results get their dispositions from :data:`DISPOSITION_SQL` and ``experiment_state``
+    is left alone (see :func:`apply`)."""
     new = 0
     if rows.events:
         n = len(rows.events["event_id"])
@@ -503,7 +548,10 @@ def _write(con: duckdb.DuckDBPyConnection, rows: Rows, *, consumer: str, known: 
         for table, cols in tables.items():
             if table != "results":  # results go in with their dispositions, which read the claims
                 _insert(con, table, cols)
-        _update_experiments(con, tables)
+        if derive:
+            _update_experiments(con, tables)
+        elif "results" in tables:
+            _insert_results(con, tables["results"])
     if rows.rejects:
         _insert(con, "rejects", rows.rejects, or_ignore=True)
     if rows.last_seq:
@@ -514,28 +562,44 @@ def _write(con: duckdb.DuckDBPyConnection, rows: Rows, *, consumer: str, known: 
     return new
 
 
-def apply(con: duckdb.DuckDBPyConnection, rows: Rows, *, consumer: str) -> int:
+def apply(con: duckdb.DuckDBPyConnection, rows: Rows, *, consumer: str, derive: bool = True) -> int:
     """Write one projected batch and its last stream sequence in one transaction, and bring the
     hypotheses it touches up to date in ``experiment_state`` in the same transaction.
 
     Returns how many events were new (not already projected under their event_id). The batch is first
     written as all new (the usual case, and the cheapest insert); if an event_id is already there the
     transaction is rolled back and the batch written again keeping only the new events.
+
+    ``derive=False`` is the bulk mode of a replay into a new database: the finishes get their dispositions
+    in SQL (:data:`DISPOSITION_SQL`, the same rule for a whole batch, kept equal by a property test) and
+    ``experiment_state`` is not touched; :func:`derive_experiments` fills it once at the end. That moves
+    the per-hypothesis work out of Python, where it held the GIL.
     """
     con.execute("BEGIN TRANSACTION")
     try:
         try:
-            new = _write(con, rows, consumer=consumer, known=False)
+            new = _write(con, rows, consumer=consumer, known=False, derive=derive)
         except duckdb.ConstraintException:
             con.execute("ROLLBACK")
             con.unregister("_batch_events")  # left registered by the insert that failed
             con.execute("BEGIN TRANSACTION")
-            new = _write(con, rows, consumer=consumer, known=True)
+            new = _write(con, rows, consumer=consumer, known=True, derive=derive)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     return new
+
+
+def derive_experiments(con: duckdb.DuckDBPyConnection) -> None:
+    """Fill ``experiment_state`` from the data tables in one transaction (after bulk :func:`apply`)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        refresh_experiments(con, ALL_KEYS_SQL)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def last_seq(con: duckdb.DuckDBPyConnection, consumer: str) -> int:

@@ -20,16 +20,16 @@ from bus import subjects
 from ledger.errors import ArchiveError, ProjectorError
 from ledger.fetch import Batch, PullFeed
 from ledger.gcpause import gc_paused
-from ledger.projection import RawMessage, Rows, apply, project, project_columns
+from ledger.projection import RawMessage, Rows, apply, derive_experiments, project, project_columns
 
 log = logging.getLogger("swarm.ledger.replay")
 
 REPLAY_CONSUMER = "replay"  # the projector_state key of a replayed database
 
 
-def _apply_paused(con: duckdb.DuckDBPyConnection, rows: Rows, consumer: str) -> int:
+def _apply_bulk(con: duckdb.DuckDBPyConnection, rows: Rows, consumer: str) -> int:
     with gc_paused():
-        return apply(con, rows, consumer=consumer)
+        return apply(con, rows, consumer=consumer, derive=False)
 
 
 async def replay_stream(
@@ -47,7 +47,9 @@ async def replay_stream(
     Uses an ephemeral pull consumer with no acks (nothing is redelivered, messages arrive in stream
     order; a sequence going backwards is an error), removed at the end (or by the server when idle).
     Each ``batch_size`` messages are one transaction, written in a worker thread while the next batch
-    is fetched and projected.
+    is fetched and projected, in the projection's bulk mode (:func:`ledger.projection.apply` with
+    ``derive=False``): ``experiment_state`` is derived once at the end, so it is complete only when this
+    returns.
     """
     info = await js.stream_info(subjects.STREAM)
     target = info.state.last_seq or 0
@@ -56,8 +58,9 @@ async def replay_stream(
     request = max(1, min(batch_size, 10_000))
     nc = js._nc
 
-    async def open_feed(from_seq: int | None) -> tuple[str, PullFeed]:
-        """An ephemeral consumer from ``start_time`` (or the start), or from sequence ``from_seq``."""
+    async def open_feed(from_seq: int | None) -> tuple[str, PullFeed, int]:
+        """An ephemeral consumer from ``start_time`` (or the start), or from sequence ``from_seq``, and
+        the sequence before its first message (the server resolves a start time when it makes it)."""
         cfg = jsapi.ConsumerConfig(
             ack_policy=jsapi.AckPolicy.NONE, deliver_policy=jsapi.DeliverPolicy.ALL, inactive_threshold=30.0,
             max_deliver=1, mem_storage=True,
@@ -70,7 +73,7 @@ async def replay_stream(
         cinfo = await js.add_consumer(subjects.STREAM, cfg)
         feed = PullFeed(nc, subjects.STREAM, cinfo.name, request=request, window=4 * request)
         await feed.start()
-        return cinfo.name, feed
+        return cinfo.name, feed, (cinfo.delivered.stream_seq or 0) if cinfo.delivered else 0
 
     async def close_feed(name: str, feed: PullFeed) -> None:
         try:
@@ -98,37 +101,35 @@ async def replay_stream(
             rows = project_columns(batch.seqs, batch.subjects, batch.datas, batch.tss)
         if write is not None:
             await write  # one write at a time, in stream order
-        write = loop.run_in_executor(None, _apply_paused, con, rows, consumer)
+        write = loop.run_in_executor(None, _apply_bulk, con, rows, consumer)
 
-    name, feed = await open_feed(None)
+    name, feed, floor = await open_feed(None)
     reopened = 0
     try:
         while last < target:
             got = await feed.fetch(min(batch_size - len(pending), request), fetch_timeout)
+            before = last or floor  # the sequence the next message must follow
             lost = False
             if not got:
                 # idle: the end (nothing at or after start_time, or the tail was deleted), or messages
                 # lost on the way (a reconnect: this consumer does not redeliver)
-                lost = last > 0 and (await next_held(last) or target + 1) <= target
+                lost = (await next_held(before) or target + 1) <= target
                 if not lost:
                     break
-            elif last and got.seqs[0] > last + 1:
-                lost = (await next_held(last) or got.seqs[0]) < got.seqs[0]
+            elif got.seqs[0] > before + 1:
+                lost = (await next_held(before) or got.seqs[0]) < got.seqs[0]
             if lost:
                 reopened += 1
                 if reopened > 20:
-                    raise ProjectorError(f"replay keeps losing messages after seq {last}; giving up")
-                log.warning("replay lost messages after seq %s: reading again from there", last)
+                    raise ProjectorError(f"replay keeps losing messages after seq {before}; giving up")
+                log.warning("replay lost messages after seq %s: reading again from there", before)
                 await close_feed(name, feed)
-                name, feed = await open_feed(last + 1)
+                name, feed, floor = await open_feed(before + 1)
                 continue
             if got.seqs[0] <= last or any(b <= a for a, b in zip(got.seqs, got.seqs[1:], strict=False)):
                 raise ProjectorError(f"replay got seq {got.seqs[0]} after {last}: stream order broken")
             last = got.seqs[-1]
-            pending.seqs += got.seqs
-            pending.subjects += got.subjects
-            pending.datas += got.datas
-            pending.tss += got.tss
+            pending.extend(got)
             if len(pending) >= batch_size or last >= target:
                 batch, pending = pending, Batch()
                 await flush(batch)
@@ -136,6 +137,7 @@ async def replay_stream(
             await flush(pending)
         if write is not None:
             await write
+        await asyncio.to_thread(derive_experiments, con)
     finally:
         if write is not None and not write.done():
             await asyncio.wait([write])  # never leave a commit running behind the caller's back
@@ -167,11 +169,13 @@ def replay_archive(
     archive_dir: str | Path, con: duckdb.DuckDBPyConnection, *, consumer: str = REPLAY_CONSUMER,
     batch_size: int = 20_000,
 ) -> int:  # fmt: skip
-    """Re-project the raw events (and rejects) of an exported archive into ``con``. Returns the last seq."""
+    """Re-project the raw events (and rejects) of an exported archive into ``con``, in the projection's
+    bulk mode like :func:`replay_stream`. Returns the last seq."""
     msgs = read_archive(archive_dir)
     last = 0
     for i in range(0, len(msgs), batch_size):
         rows = project(msgs[i : i + batch_size], after_seq=last)
-        apply(con, rows, consumer=consumer)
+        _apply_bulk(con, rows, consumer)
         last = max(last, rows.last_seq)
+    derive_experiments(con)
     return last
