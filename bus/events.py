@@ -227,6 +227,8 @@ class RunnerJoined(Event, tag=True, frozen=True):
     dataset: str = ""  # the source's name: climbmix, stdlib (the offline corpus), corpus:<dir>, ...
     dataset_fingerprint: str = ""
     tokenizer_fingerprint: str = ""
+    budget: float = 0.0  # what every experiment of its class gets (0 = not said); one per class in a run
+    budget_unit: str = ""
 
 
 class RunnerLeft(Event, tag=True, frozen=True):

@@ -118,8 +118,8 @@ class Runner:
         lab = await self._make_lab(profile, hw, simulated)
         assert self.node is not None
         # on other data than the run's runners of its class, a runner does not join (before calibrating)
-        await node.check_run_data(self.js, cfg, hw.hw_class, self.node)
         self.lab = lab
+        await node.check_run_data(self.js, cfg, hw.hw_class, self.node, self.run_budget())
         await self.lab.setup()
         await self.dead.watch(classes)
         if cfg.calibrate:
@@ -128,9 +128,10 @@ class Runner:
                                                   executor=self.lab.name, calibration=self.calibration,
                                                   dataset=node.dataset_name(self.node),
                                                   dataset_fingerprint=self.node.dataset_fingerprint,
-                                                  tokenizer_fingerprint=self.node.tokenizer_fingerprint))
+                                                  tokenizer_fingerprint=self.node.tokenizer_fingerprint,
+                                                  budget=self.run_budget().amount, budget_unit=self.run_budget().unit))
         try:  # runners that checked at the same time: the stream's order says whose data is the run's
-            await node.check_run_data(self.js, cfg, hw.hw_class, self.node, before_seq=ack.seq)
+            await node.check_run_data(self.js, cfg, hw.hw_class, self.node, self.run_budget(), before_seq=ack.seq)
         except DataMismatch as e:
             await publish(self.js, RunnerLeft(run=cfg.run, source=self.id, runner=self.id, reason=str(e)[:2000]))
             with contextlib.suppress(Exception):
@@ -167,9 +168,7 @@ class Runner:
             source = await asyncio.to_thread(path.read_text)
         except OSError as e:
             raise CalibrationFailed(f"no baseline train.py at {path} ({e}): pass --baseline-train-py") from e
-        budget = self.lab.default_budget()
-        if cfg.max_budget is not None:  # calibrate at what this runner will give an experiment
-            budget = Budget(budget.unit, min(budget.amount, cfg.max_budget))
+        budget = self.run_budget()  # calibrate at what this runner gives an experiment
         if cfg.calibration_budget is not None:
             budget = Budget(budget.unit, cfg.calibration_budget)
         elif budget.unit == "seconds":
@@ -200,19 +199,28 @@ class Runner:
 
     # -- preparing a job --------------------------------------------------------------------------------
 
-    def budget_for(self, hyp: HypothesisProposed) -> Budget:
-        """The hypothesis's own budget capped by this runner's limit; the profile's when it names none (or
-        one in another unit than this runner's profile)."""
+    def run_budget(self) -> Budget:
+        """What every experiment of this runner's class gets: ``--budget`` (max_budget), else the profile's.
+        Runners of one class in a run must agree on it (checked at join), so results compare like with like."""
         assert self.lab is not None
         default = self.lab.default_budget()
-        cap = self.config.max_budget if self.config.max_budget is not None else default.amount
-        want = hyp.budget
-        unit = hyp.budget_unit or default.unit
+        amount = self.config.max_budget if self.config.max_budget is not None else default.amount
+        return Budget(default.unit, amount)
+
+    def budget_for(self, hyp: HypothesisProposed) -> Budget | str:
+        """The budget this hypothesis runs with, or why it will not run. An ask above the run's budget is
+        capped (the result records what it got); one below it is refused: results at different budgets never
+        compare, so a class trains at one budget (start a run with a smaller --budget to screen cheaply). An
+        ask in another unit than this runner's profile (a hypothesis for class ``any``) gets the run's."""
+        run = self.run_budget()
+        want, unit = hyp.budget, hyp.budget_unit or run.unit
         if want is None and hyp.budget_seconds is not None:
             want, unit = hyp.budget_seconds, "seconds"
-        if want is None or unit != default.unit or want <= 0:
-            want = default.amount
-        return Budget(default.unit, min(want, cap))
+        if want is None or unit != run.unit or want >= run.amount:
+            return run
+        return (f"asks for a budget of {Budget(unit, want) if want > 0 else want}, but {self.hardware.hw_class if self.hardware else 'this class'} "
+                f"runners of run {self.config.run} train every hypothesis at {run}: results at different budgets "
+                "never compare (start a run with a smaller --budget to screen cheaply)")
 
     async def _prepare(self, item: Item) -> None:
         """Check the hypothesis and lay out its job (pipelined: may run while another job trains)."""
@@ -231,6 +239,9 @@ class Runner:
             item.rejected = str(e)
             return
         budget = self.budget_for(hyp)
+        if isinstance(budget, str):
+            item.rejected = budget
+            return
         seed = self.config.seed if self.config.seed is not None else hyp.seed
         item.job = await asyncio.to_thread(make_job, self.config, self.node, hyp.hypothesis_id, item.attempt,
                                            hyp.train_py, budget, seed, self.lab.deadlines(budget),
@@ -287,7 +298,7 @@ class Runner:
         assert self.node is not None and self.hardware is not None
         hyp, job = item.hyp, item.job
         summary = contract.parse_summary(out.output)
-        budget = Budget(job.budget_unit, job.budget_seconds) if job else self.budget_for(hyp)
+        budget = Budget(job.budget_unit, job.budget_seconds) if job else self.run_budget()
         return ExperimentFinished(
             run=self.config.run, source=self.id, hypothesis_id=hyp.hypothesis_id, attempt=item.attempt,
             runner=self.id, status=out.status, val_bpb=out.val_bpb, reported_val_bpb=summary.values.get("val_bpb"),

@@ -20,6 +20,7 @@ from nats.js import api as jsapi
 
 from bus import subjects
 from bus.events import EventDecodeError, RunnerJoined, check_token, decode
+from harness.feed import Budget
 from runner.config import RunnerConfig
 from runner.errors import DataMismatch, ExecutorUnavailable, PrepareFailed
 from runner.executors.base import NodeData
@@ -262,12 +263,20 @@ async def runner_joins(js: JetStreamContext, run: str, before_seq: int | None = 
 
 
 async def check_run_data(js: JetStreamContext, config: RunnerConfig, hw_class: str, data: NodeData,
-                         before_seq: int | None = None) -> None:
+                         budget: Budget | None = None, before_seq: int | None = None) -> None:
     """Raise :class:`DataMismatch` when a runner of ``hw_class`` joined the run (before ``before_seq``) with
-    another dataset or tokenizer fingerprint than this node's. Joins that name no fingerprint (runners older
-    than the fields) are not compared."""
+    another dataset or tokenizer fingerprint than this node's, or another budget: a (run, class) fixes what
+    makes results comparable (bus.results.comparison_key). Joins that do not say (runners older than the
+    fields) are not compared."""
     mine = (data.dataset_fingerprint, data.tokenizer_fingerprint)
     for j in await runner_joins(js, config.run, before_seq):
+        if budget is not None and j.hardware.hw_class == hw_class and j.budget \
+                and (j.budget, j.budget_unit) != (budget.amount, budget.unit):
+            raise DataMismatch(
+                f"runner {config.runner_id} does not join run {config.run}: its {hw_class} runners train every "
+                f"experiment at {Budget(j.budget_unit, j.budget)} (runner {j.runner}), this runner at {budget}. "
+                "Results at different budgets compare nothing: start it with --budget "
+                f"{j.budget:g} (swarm up takes the same flag), or join another run (--run NAME).")
         if j.hardware.hw_class != hw_class or not j.dataset_fingerprint:
             continue
         if (j.dataset_fingerprint, j.tokenizer_fingerprint) != mine:

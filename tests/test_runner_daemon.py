@@ -20,7 +20,7 @@ from bus.events import ExperimentClaimed, HypothesisProposed, Progress, RunnerJo
 from bus.logstore import get_log
 from runner.config import RunnerConfig
 from runner.daemon import Item, Outcome, Runner, UnclaimedResult
-from runner.errors import CalibrationFailed
+from runner.errors import CalibrationFailed, DataMismatch
 from runner.lease import Lease
 from tests.support.bus import RUN, all_events, finished, propose, wait_for
 from tests.support.harness import BASELINE, TINY_BUDGET, edit, in_main, real_config
@@ -184,16 +184,33 @@ async def test_training_past_the_budget_ends_over_budget_whatever_train_py_says(
     assert ev.val_bpb is None and ev.tokens == TINY_BUDGET
 
 
-async def test_a_hypothesis_budget_is_capped_by_the_runner(
+async def test_a_class_trains_at_one_budget(
     tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext, prepared_cache: Path
 ) -> None:
+    """An ask above the run's budget is capped (and recorded); one below is refused with the reason: results
+    at different budgets never compare."""
     small = await propose(js, BASELINE, budget=2048.0, budget_unit="tokens")
     huge = await propose(js, BASELINE, budget=10.0**9, budget_unit="tokens")
     await run_burst(nc, real_config(tmp_path, nats_server.url, prepared_cache))
     evs = await all_events(js)
     [a], [b] = finished(evs, small.hypothesis_id), finished(evs, huge.hypothesis_id)
-    assert (a.status, a.budget, a.tokens, a.num_steps) == ("ok", 2048, 2048, 1)
+    assert a.status == "rejected" and "results at different budgets never compare" in a.reason, a.reason
     assert (b.status, b.budget, b.tokens) == ("ok", TINY_BUDGET, TINY_BUDGET)
+
+
+async def test_a_runner_with_another_budget_than_its_class_does_not_join(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: Any, js: JetStreamContext
+) -> None:
+    first = Runner(nc, sim_config(tmp_path, nats_server.url, runner_id="a", max_budget=2.0))
+    await first.start()
+    try:
+        with pytest.raises(DataMismatch, match=r"train every experiment at 2 s .* this runner at 3 s"):
+            await run_burst(nc, sim_config(tmp_path, nats_server.url, runner_id="b", max_budget=3.0))
+        other_class = Runner(nc, sim_config(tmp_path, nats_server.url, runner_id="c", max_budget=3.0, hw_class="h100"))
+        await other_class.start()  # another class may train at its own budget
+        await other_class.shutdown("test")
+    finally:
+        await first.shutdown("test")
 
 
 # -- mechanics, on the simulated executor ---------------------------------------------------------------
