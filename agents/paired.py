@@ -92,7 +92,7 @@ class PairedRule:
     """Keep when the mean paired Δ beats ``k``·σ_Δ/√n; confirm a single improving Δ on another seed."""
 
     k: float = 2.0
-    prior_frac: float = 0.25  # prior σ_Δ = this × the baseline's σ across seeds (measured: see the module doc)
+    prior_frac: float = 0.3  # prior σ_Δ = this × the baseline's σ across seeds (measured: see the module doc)
     prior_dof: float = 3.0  # weight of the prior, in degrees of freedom of observed paired differences
     fallback_frac: float = 0.002  # prior σ_Δ when the baseline's σ is unknown: this × the reference
     max_confirms: int = 2  # confirming seeds per candidate (at most the reference's other seeds)

@@ -11,6 +11,9 @@ simulated executor, one agent. Usage::
     .venv/bin/python bench/bench_agents.py                 # both parts, defaults below
     .venv/bin/python bench/bench_agents.py --part compare --seeds 5 --budget 40
     .venv/bin/python bench/bench_agents.py --part scale --budget 32 --seeds 2
+    .venv/bin/python bench/bench_agents.py --smoke                 # seconds: tiny sizes (CI)
+
+The speed-up with the Optuna agent and an LLM stand-in over 5 seeds is bench/bench_speedup.py.
 """
 
 from __future__ import annotations
@@ -193,8 +196,11 @@ def main() -> None:
     ap.add_argument("--time-scale", type=float, default=0.005, help="wall seconds per simulated second")
     ap.add_argument("--scale-seeds", type=int, default=2)
     ap.add_argument("--scale-method", default="optuna", choices=("optuna", "random"))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: one seed, a few experiments, both parts")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if args.smoke:
+        args.seeds, args.budget, args.runners, args.time_scale, args.scale_seeds = 1, 4, 2, 0.002, 1
     if args.part in ("all", "compare"):
         asyncio.run(compare(args.seeds, args.budget, args.runners, args.time_scale))
     if args.part in ("all", "scale"):

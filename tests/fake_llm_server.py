@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,10 +40,16 @@ class Recorded:
 
 
 class FakeLlmServer:
-    """Answers each request with the next scripted :class:`Reply` (or ``default`` when the script is empty)."""
+    """Answers each request with the next scripted :class:`Reply`; when the script is empty, with what
+    ``responder`` makes of the request (a policy standing in for a model: tests/researcher_policy.py), else
+    with ``default``."""
 
-    def __init__(self, default: Reply | None = None, *, refuse_tool_choice: bool = False) -> None:
+    def __init__(self, default: Reply | None = None, *, refuse_tool_choice: bool = False,
+                 responder: Callable[[Recorded], Reply] | None = None, keep_requests: bool = True) -> None:  # fmt: skip
         self.script: deque[Reply] = deque()
+        self.responder = responder
+        self.keep_requests = keep_requests  # False: count them only (a long benchmark's prompts add up)
+        self.count = 0
         self.default = default or Reply(500, {"type": "error", "error": {"type": "api_error", "message": "unscripted"}})
         # answer a forced tool choice ("required", {"type": "any"}) with a 400 that names it, like vLLM
         # without tool parsing, and leave the script for the request that follows
@@ -77,15 +84,25 @@ class FakeLlmServer:
     def wait_requests(self, n: int, timeout: float = 30.0) -> bool:
         """Block until ``n`` requests have arrived (False if ``timeout`` passes first)."""
         with self._arrived:
-            return self._arrived.wait_for(lambda: len(self.requests) >= n, timeout)
+            return self._arrived.wait_for(lambda: self.count >= n, timeout)
 
     def _next(self, rec: Recorded) -> Reply:
         with self._lock:
-            self.requests.append(rec)
+            self.count += 1
+            if self.keep_requests:
+                self.requests.append(rec)
             self._arrived.notify_all()
             if self.refuse_tool_choice and rec.body.get("tool_choice") in ("required", {"type": "any"}):
                 return tool_choice_refused()
-            return self.script.popleft() if self.script else self.default
+            if self.script:
+                return self.script.popleft()
+            responder = self.responder
+        if responder is not None:  # outside the lock: concurrent agents are answered concurrently
+            try:
+                return responder(rec)
+            except Exception as e:  # a policy bug is a 500 the agent reports, not a hung request
+                return Reply(500, {"type": "error", "error": {"type": "api_error", "message": f"responder: {e!r}"}})
+        return self.default
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

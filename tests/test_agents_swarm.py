@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Sequence
 
 from nats.aio.client import Client as NATS
@@ -14,6 +15,7 @@ from nats.js import JetStreamContext
 
 from agents.knobs import apply_knobs
 from agents.loop import AgentConfig, run_agent
+from agents.policy import DecisionRule
 from agents.promotion import validate_class
 from agents.proposers.base import AgentContext, Grid, ProposalBatch, Result
 from agents.tail import RunTail
@@ -216,3 +218,30 @@ async def test_the_champion_audit_demotes_a_planted_noise_keep(nc: NATS, js: Jet
     assert not ev.kept("lucky-000001") and ev.kept("real-0000001")
     (note,) = [n for n in ev.notes if n.agent == "a1" and n.title.startswith("audit of")]
     assert note.title == "audit of lucky-00 on cpu: demoted lucky-00" and "its gain survives" in note.body
+
+
+async def test_a_scripted_researcher_through_the_sdk_reads_the_memory_and_improves(nc: NATS, js: JetStreamContext) -> None:
+    """The LLM stand-in (tests/researcher_policy.py) behind the loopback server, through the anthropic SDK:
+    it finds that a lower MATRIX_LR helps from the knob table and keeps going that way."""
+    from agents.proposers.claude import ClaudeProposer
+    from agents.proposers.llm import LlmSettings
+    from tests.fake_llm_server import FakeLlmServer
+    from tests.researcher_policy import respond
+
+    def score(p: HypothesisProposed) -> float:  # the further MATRIX_LR from 0.01 (in ratio), the worse
+        return 3.40 + 0.05 * math.log(float(p.knobs["MATRIX_LR"]) / 0.01) ** 2
+
+    await runners(js, "cpu")
+    for r in ("r2", "r3", "r4"):
+        await publish(js, RunnerJoined(run=RUN, source=r, runner=r, hardware=Hardware(hw_class="cpu"), classes=["cpu"]))
+    with FakeLlmServer(responder=respond) as srv:
+        p = ClaudeProposer(LlmSettings(model="researcher", base_url=srv.url, api_key="k", attempts=1))
+        async with fake_runner(nc, RUN, score):
+            stats = await run_agent(nc, config(max_waves=4, rule=DecisionRule(k=2.0, min_baselines=5)), p,
+                                    stop=asyncio.Event())  # fmt: skip
+        await p.aclose()
+    ev = await all_events(js)
+    kept = [h for h in ev.decided if ev.kept(h) and ev.proposals[h].agent == "a1"]
+    assert stats.llm_calls == 4 and stats.proposed >= 8 and kept and stats.rejected == 0, stats
+    assert min(float(ev.proposals[h].knobs["MATRIX_LR"]) for h in kept) < 0.04
+    assert any(n.agent == "a1" and n.title == "what helped so far" for n in ev.notes)

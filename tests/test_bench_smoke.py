@@ -77,3 +77,15 @@ def test_bench_harness(prepared_cache: Path, monkeypatch: object) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     for key in ("tokens_per_s:", "overhead_s:", "causality_check_share_of_eval:", "val_bpb:"):
         assert key in r.stdout, r.stdout
+
+
+def test_bench_agents() -> None:
+    out = smoke("bench_agents.py")
+    assert "== Optuna TPE vs random" in out and "speed-up: mean" in out, out
+
+
+def test_bench_speedup() -> None:
+    """1 vs 4 simulated runners, the Optuna agent and the scripted researcher through the anthropic SDK."""
+    out = smoke("bench_speedup.py")
+    for agent in ("optuna", "researcher"):
+        assert f"{agent}: speed-up at 4 runners" in out and f"speedup_{agent}:" in out, out
