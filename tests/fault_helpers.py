@@ -3,12 +3,9 @@ points, reading the raw stream, projecting it, and comparing a ledger with a fre
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ from bus.events import AnyEvent, EventDecodeError, decode
 from ledger.projector import Projector
 from ledger.replay import replay_stream
 from ledger.schema import DATA_TABLES, DERIVED_TABLES, connect_db
+from tests.support.bus import poll  # noqa: F401 (the fault tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,18 +57,6 @@ def tail(path: Path, n: int = 3000) -> str:
         return path.read_text(errors="replace")[-n:]
     except OSError:
         return ""
-
-
-async def poll(what: str, check: Callable[[], Awaitable[Any]], *, timeout: float, every: float = 0.05) -> Any:
-    """Await ``check()`` until it returns something truthy (returned) or ``timeout`` passes (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout} s")
-        await asyncio.sleep(every)
 
 
 async def raw_stream(js: JetStreamContext) -> list[tuple[int, str, bytes]]:

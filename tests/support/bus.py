@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -44,13 +44,29 @@ def finished(evs: list[AnyEvent], hid: str | None = None) -> list[ExperimentFini
     return [e for e in evs if isinstance(e, ExperimentFinished) and (hid is None or e.hypothesis_id == hid)]
 
 
-async def wait_for(js: JetStreamContext, pred: Callable[[list[AnyEvent]], bool], timeout: float = 30.0) -> list[AnyEvent]:
-    """Wait until the stream's events satisfy ``pred`` (re-reads the stream's state until it does)."""
+async def poll(what: str, check: Callable[[], Awaitable[Any]], *, timeout: float, every: float = 0.05) -> Any:
+    """Await ``check()`` until it returns something truthy (returned) or ``timeout`` passes (AssertionError):
+    the one way tests wait, on state."""
     deadline = time.monotonic() + timeout
     while True:
-        evs = await all_events(js)
-        if pred(evs):
-            return evs
+        got = await check()
+        if got:
+            return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout} s; events: {[type(e).__name__ for e in evs]}")
-        await asyncio.sleep(0.05)
+            raise AssertionError(f"{what}: not reached in {timeout} s")
+        await asyncio.sleep(every)
+
+
+async def wait_for(js: JetStreamContext, pred: Callable[[list[AnyEvent]], bool], timeout: float = 30.0) -> list[AnyEvent]:
+    """Wait until the stream's events satisfy ``pred``; returns them."""
+
+    async def check() -> list[AnyEvent] | None:
+        evs = await all_events(js)
+        return evs if pred(evs) else None
+
+    try:
+        got: list[AnyEvent] = await poll("the stream's events", check, timeout=timeout)
+    except AssertionError:
+        evs = await all_events(js)
+        raise AssertionError(f"condition not met in {timeout} s; events: {[type(e).__name__ for e in evs]}") from None
+    return got
