@@ -112,8 +112,8 @@ class FleetStats:
     runners: int = 0
     connections: int = 0
     completed: int = 0
-    failed_runners: list[str] = field(default_factory=list)
-    started_seconds: float = 0.0  # until every runner ran start()
+    restarts: int = 0  # runners that raised and were started again
+    failed_runners: list[str] = field(default_factory=list)  # gave up on after MAX_RESTARTS
     seconds: float = 0.0
 
 
@@ -129,33 +129,54 @@ async def _prepare_consumers(nc: NATS, cfg: FleetConfig) -> None:
         await ensure_consumer(js, dataclasses.replace(ccfg, max_waiting=max(512, 2 * cfg.size)))
 
 
+MAX_RESTARTS = 5  # per runner: a supervisor gives up on a runner that keeps dying
+
+
 async def run_fleet(cfg: FleetConfig, stop: asyncio.Event) -> FleetStats:
     """Run every runner of ``cfg`` until ``stop`` is set, then stop them (each finishes or gives back what
-    it holds) and drain the connections."""
+    it holds) and drain the connections.
+
+    The fleet is each runner's supervisor, as systemd or Kubernetes is a real runner's: a runner whose
+    ``run`` raises is logged with its traceback and started again under the same id (at most
+    :data:`MAX_RESTARTS` times); ``FleetStats.restarts`` counts them, so a daemon bug shows in the figures
+    instead of silently shrinking the fleet."""
     t0 = time.monotonic()
     stats = FleetStats(runners=cfg.size)
     landscape = Landscape(reference_source(cfg.runner_config("x", "h100")))
     n_conn = max(1, math.ceil(cfg.size / max(1, cfg.per_connection)))
     conns = [await connect(list(cfg.nats_urls), name=f"fleet-{cfg.id_prefix}-{i}") for i in range(n_conn)]
     stats.connections = n_conn
-    runners: list[Runner] = []
+    done: list[Runner] = []
+
+    async def supervise(i: int, rid: str, cls: str) -> None:
+        rc = cfg.runner_config(rid, cls)
+        for attempt in range(MAX_RESTARTS + 1):
+            runner = Runner(conns[i // cfg.per_connection], rc, executor=SimulatedExecutor(rc, landscape=landscape))
+            done.append(runner)
+            try:
+                await runner.run(stop)
+                return
+            except Exception as e:  # what would end a `swarm runner` process: its supervisor restarts it
+                log.error("runner %s ended with %r (restart %d of %d)", rid, e, attempt + 1, MAX_RESTARTS,
+                          exc_info=e)  # fmt: skip
+                stats.restarts += 1
+                if stop.is_set():
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(30.0, 2.0**attempt))  # back off, unless stopping
+                if stop.is_set():
+                    return
+        stats.failed_runners.append(rid)
+
     try:
         await _prepare_consumers(conns[0], cfg)
-        for i, (rid, cls) in enumerate(cfg.runner_ids()):
-            rc = cfg.runner_config(rid, cls)
-            runners.append(Runner(conns[i // cfg.per_connection], rc, executor=SimulatedExecutor(rc, landscape=landscape)))
-        tasks = [asyncio.create_task(r.run(stop), name=r.id) for r in runners]
-        log.warning("fleet %s: %d runners on %d connections", cfg.id_prefix, len(runners), n_conn)
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for r, res in zip(runners, results, strict=True):
-            if isinstance(res, BaseException):
-                stats.failed_runners.append(r.id)
-                log.error("runner %s ended with %r", r.id, res)
+        log.warning("fleet %s: %d runners on %d connections", cfg.id_prefix, cfg.size, n_conn)
+        await asyncio.gather(*(supervise(i, rid, cls) for i, (rid, cls) in enumerate(cfg.runner_ids())))
     finally:
         for nc in conns:
             with contextlib.suppress(Exception):
                 await nc.drain()
-    stats.completed = sum(r.completed for r in runners)
+    stats.completed = sum(r.completed for r in done)
     stats.seconds = time.monotonic() - t0
     return stats
 
@@ -198,11 +219,23 @@ def parse_args(argv: list[str] | None = None) -> FleetConfig:
     )  # fmt: skip
 
 
+def dump_tasks() -> None:
+    """Log where every task of the fleet waits (SIGUSR1): with a thousand runners in one process, this is
+    how to see which one hangs, and on what."""
+    import io
+
+    for task in asyncio.all_tasks():
+        buf = io.StringIO()
+        task.print_stack(limit=8, file=buf)
+        log.warning("task %s: %s", task.get_name(), buf.getvalue().strip().replace("\n", " | "))
+
+
 async def _main(cfg: FleetConfig) -> FleetStats:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     return await run_fleet(cfg, stop)
 
 

@@ -6,7 +6,9 @@ memory of each process).
   the budget-limited maximum — the runner-seconds the landscape says those experiments need (startup,
   the training budget, the evaluation; less for a run that fails) over the runner-seconds the fleet had.
   An experiment that straddles the window counts for the part of its [claim, finish] inside it.
-* **dispatch**: a hypothesis's publication (its event's ``ts``) to its first claim.
+* **dispatch**: from the moment a hypothesis is ready to run — published (its event's ``ts``) and the runner
+  that claims it free (its previous result published) — to its first claim; ``publish_to_claim`` also
+  counts the time it queued behind busy runners.
 * **ledger lag**: an event's ``ts`` to the first sample at which the ledger's durable consumer had acked
   it (the projector acks after the commit), so its resolution is the sampling interval.
 * **exactly once**: every hypothesis has exactly one ``result`` finish in the ledger; duplicates, late and
@@ -66,14 +68,20 @@ def ledger_lags(con: duckdb.DuckDBPyConnection, position: list[tuple[float, int]
     return out
 
 
-def dispatch_seconds(con: duckdb.DuckDBPyConnection, run: str) -> list[float]:
-    """Publication to first claim of every claimed hypothesis."""
+def dispatch_seconds(con: duckdb.DuckDBPyConnection, run: str) -> tuple[list[float], list[float]]:
+    """Per claimed hypothesis: (work ready to first claim, publication to first claim). Ready = published
+    and its claiming runner free (its previous result published), so the first excludes queueing behind
+    busy runners and the second includes it."""
     rows = con.execute(
-        """SELECT min(c.ts) - min(h.ts) FROM hypotheses h JOIN claims c USING (run, hypothesis_id)
-           WHERE h.run = $1 GROUP BY h.hypothesis_id""",
+        """WITH h AS (SELECT hypothesis_id, min(ts) AS ts FROM hypotheses WHERE run = $1 GROUP BY hypothesis_id),
+                c AS (SELECT hypothesis_id, arg_min(runner, ts) AS runner, min(ts) AS ts FROM claims
+                      WHERE run = $1 GROUP BY hypothesis_id),
+                r AS (SELECT runner, ts FROM results WHERE run = $1)
+           SELECT c.ts - greatest(h.ts, coalesce(r.ts, 0)), c.ts - h.ts
+           FROM c JOIN h USING (hypothesis_id) ASOF LEFT JOIN r ON c.runner = r.runner AND c.ts >= r.ts""",
         [run],
     ).fetchall()
-    return [max(0.0, r[0]) for r in rows]
+    return [max(0.0, a) for a, _ in rows], [max(0.0, b) for _, b in rows]
 
 
 def exactly_once(con: duckdb.DuckDBPyConnection, run: str) -> dict[str, Any]:
@@ -218,7 +226,7 @@ def summarize(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Every figure of the run, JSON-ready."""
-    disp = dispatch_seconds(con, run)
+    ready, queued = dispatch_seconds(con, run)
     lags = ledger_lags(con, samples.ledger_position)
     once = exactly_once(con, run)
     status = dict(con.execute("SELECT status, count(*) FROM experiments WHERE run = $1 GROUP BY status", [run]).fetchall())
@@ -230,7 +238,8 @@ def summarize(
         "throughput": throughput(con, run, landscape, window=window, runners=runners, time_scale=time_scale,
                                  budget=budget, seed=seed),
         "runner_time": runner_time(con, run, window=window, runners=runners),
-        "dispatch_ms": {"p50": ms(percentile(disp, 0.5)), "p99": ms(percentile(disp, 0.99)), "n": len(disp)},
+        "dispatch_ms": {"p50": ms(percentile(ready, 0.5)), "p99": ms(percentile(ready, 0.99)), "n": len(ready)},
+        "publish_to_claim_ms": {"p50": ms(percentile(queued, 0.5)), "p99": ms(percentile(queued, 0.99))},
         "ledger_lag_ms": {"p50": ms(percentile(lags, 0.5)), "p99": ms(percentile(lags, 0.99)), "n": len(lags)},
         "context_query_ms": {
             "p50": percentile(samples.context_ms, 0.5), "p99": percentile(samples.context_ms, 0.99),

@@ -59,6 +59,7 @@ class SimConfig:
     baseline_repeats: int = 3
     verify_replay: bool = True
     quiet: bool = False
+    verbose_fleet: bool = False  # every runner's INFO lines in fleet<i>.log (drills, debugging)
 
     @property
     def runners(self) -> int:
@@ -97,6 +98,7 @@ class SimulatedSwarm:
         self.js: Any = None
         self.t_agents: float | None = None  # wall time the agents started / were told to stop
         self.t_stop: float | None = None
+        self.t_first: float | None = None  # when the first hypothesis was seen in the stream
         self._probes: list[asyncio.Task[None]] = []
         self._expected_exit: set[str] = set()
 
@@ -167,7 +169,7 @@ class SimulatedSwarm:
                 "--classes", ",".join(f"{c}:{n}" for c, n in mix), "--state-dir", str(cfg.run_dir / f"fleet{i}"),
                 "--time-scale", str(cfg.time_scale), "--budget", str(cfg.budget), "--ack-wait", str(cfg.ack_wait),
                 "--max-deliver", str(cfg.max_deliver), "--per-connection", str(cfg.per_connection),
-                "--id-prefix", f"sim{i}",
+                "--id-prefix", f"sim{i}", *(["-v"] if cfg.verbose_fleet else []),
             ])  # fmt: skip
 
     def start_agents(self) -> None:
@@ -227,15 +229,17 @@ class SimulatedSwarm:
 
     async def queue_empty(self) -> bool:
         """Every work item of the run acked (finished) or dead-lettered: nothing pending, nothing held."""
+        from nats.js.errors import NotFoundError
+
         from bus import subjects
 
         for cls in sorted({c for c, _ in self.cfg.classes} | {"any"}):
             try:
                 info = await self.js.consumer_info(subjects.STREAM, subjects.work_consumer(self.cfg.run, cls))
-            except Exception:  # not created (no runner of it) or the server is restarting
-                if cls in {c for c, _ in self.cfg.classes}:
-                    return False
-                continue
+            except NotFoundError:
+                continue  # nobody ever served that class: nothing waits there
+            except Exception:  # the server is restarting, or too busy to say: not known to be empty
+                return False
             if info.num_pending or info.num_ack_pending:
                 return False
         return True
@@ -260,8 +264,15 @@ class SimulatedSwarm:
             await asyncio.sleep(every)
 
     def sim_elapsed(self) -> float:
-        """Simulated seconds since the agents started."""
-        return 0.0 if self.t_agents is None else (time.time() - self.t_agents) / self.cfg.time_scale
+        """Simulated seconds since the first hypothesis was published (the run's clock starts there)."""
+        return 0.0 if self.t_first is None else (time.time() - self.t_first) / self.cfg.time_scale
+
+    async def proposed_count(self) -> int:
+        """Hypotheses of the run in the stream (every class's work subject)."""
+        from bus import subjects
+
+        info = await self.js.stream_info(subjects.STREAM, subjects_filter=f"swarm.{self.cfg.run}.work.*")
+        return sum((info.state.subjects or {}).values())
 
     async def run_agents(self, stop: asyncio.Event, progress: Any = None) -> None:
         """Start the agents and run until ``--experiments`` are done (the agents exit), ``--sim-hours`` pass,
@@ -271,6 +282,10 @@ class SimulatedSwarm:
         limit = None if cfg.sim_hours is None else cfg.sim_hours * 3600
         last_print = 0.0
         while not stop.is_set():
+            if self.t_first is None:
+                with contextlib.suppress(Exception):
+                    if await self.proposed_count() > 0:
+                        self.t_first = time.time()
             if self.procs["agents"].poll() is not None:
                 self._expected_exit.add("agents")
                 if self.procs["agents"].returncode != 0:
@@ -284,9 +299,36 @@ class SimulatedSwarm:
                 last_print = time.monotonic()
                 await progress(self)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+                await asyncio.wait_for(stop.wait(), 0.2 if self.t_first is None else 0.5)
+        await self.stop_agents()
+
+    async def stop_agents(self) -> None:
+        """The agents stop proposing (SIGTERM): the end of the measured window."""
         self.t_stop = time.time()
         await self.terminate("agents", 120)
+
+    async def restart_server(self) -> None:
+        """Stop the nats-server (SIGTERM) and start it again on the same port and store (drills)."""
+        await asyncio.to_thread(self.server.restart)
+
+    async def finished_count(self) -> int:
+        """ExperimentFinished events of the run in the stream (every disposition)."""
+        from bus import subjects
+
+        subject = f"swarm.{self.cfg.run}.evt.finished"
+        info = await self.js.stream_info(subjects.STREAM, subjects_filter=subject)
+        return int((info.state.subjects or {}).get(subject, 0))
+
+    async def held(self) -> int:
+        """Work items claimed and not yet acked, over the run's work consumers."""
+        from bus import subjects
+
+        total = 0
+        for cls in sorted({c for c, _ in self.cfg.classes} | {"any"}):
+            with contextlib.suppress(Exception):
+                info = await self.js.consumer_info(subjects.STREAM, subjects.work_consumer(self.cfg.run, cls))
+                total += info.num_ack_pending
+        return total
 
     def _why_failed_agents(self) -> str:
         log = self.cfg.run_dir / "agents.log"
@@ -416,6 +458,8 @@ async def run_simulation(cfg: SimConfig, stop: asyncio.Event) -> dict[str, Any]:
     finally:
         await swarm.close()
     figures["wall_seconds"] = round(time.monotonic() - t0, 1)
+    # the machine's load over the last 15 minutes: the figures are measured on shared cores
+    figures["load_avg_15min"] = round(os.getloadavg()[2], 2)
     (cfg.run_dir / "simulate.json").write_text(json.dumps(figures, indent=1))
     _write_report(swarm.db, cfg.run_dir / "report.html", cfg.run, say)
     return figures
@@ -442,13 +486,15 @@ def render(figures: dict[str, Any]) -> str:
     s = figures["sizes"]
     lines = [
         f"{c['runners']} runners {c['classes']}, agents {','.join(c['agents'])}, time scale {c['time_scale']}, "
-        f"{figures['wall_seconds']} s wall",
+        f"{figures['wall_seconds']} s wall (load average {figures['load_avg_15min']})",
         f"throughput: {t['per_runner_hour']} results per runner-hour over {t['window_sim_hours']} sim h "
         f"= {100 * (t['share_of_max'] or 0):.1f} % of the budget-limited max ({t['budget_limited_max_per_runner_hour']})",
         f"runner time: {100 * (figures['runner_time']['busy'] or 0):.1f} % holding work, "
         f"{100 * (figures['runner_time']['idle_queued'] or 0):.1f} % idle with work queued, "
         f"{100 * (figures['runner_time']['idle_empty'] or 0):.1f} % idle with nothing queued (waiting for agents)",
-        f"dispatch publish→claim: p50 {figures['dispatch_ms']['p50']} ms, p99 {figures['dispatch_ms']['p99']} ms",
+        f"dispatch ready→claim: p50 {figures['dispatch_ms']['p50']} ms, p99 {figures['dispatch_ms']['p99']} ms "
+        f"(publish→claim with queueing: p50 {figures['publish_to_claim_ms']['p50']} ms, "
+        f"p99 {figures['publish_to_claim_ms']['p99']} ms)",
         f"ledger lag publish→projected: p50 {figures['ledger_lag_ms']['p50']} ms, p99 {figures['ledger_lag_ms']['p99']} ms",
         f"context query: p50 {figures['context_query_ms']['p50']} ms, p99 {figures['context_query_ms']['p99']} ms",
         f"peak memory: {mem}",
@@ -552,6 +598,10 @@ def agents_main(argv: list[str] | None = None) -> None:
     p.add_argument("--wave-quorum", type=float, default=None)
     p.add_argument("--baseline-repeats", type=int, default=3)
     a = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("swarm.agents").setLevel(logging.INFO)  # one line per wave: runners, pending, k
     shares = None
     if a.max_experiments is not None:
         n = len(a.spec)

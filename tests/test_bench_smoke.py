@@ -79,6 +79,14 @@ def test_bench_harness(prepared_cache: Path, monkeypatch: object) -> None:
         assert key in r.stdout, r.stdout
 
 
+def test_bench_simulate() -> None:
+    """Two tiny swarm simulate runs: the table's header and one row per size, each passing exactly once."""
+    out = smoke("bench_simulate.py")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| runners")]
+    assert [r.split("|")[1].strip() for r in rows] == ["1", "4"], out
+    assert all("| yes (" in r for r in rows), out
+
+
 def test_bench_agents() -> None:
     out = smoke("bench_agents.py")
     assert "== Optuna TPE vs random" in out and "speed-up: mean" in out, out
