@@ -88,6 +88,15 @@ def rate(n: int, seconds: float) -> str:
     return f"{n / seconds:,.0f}/s" if seconds > 0 else "inf"
 
 
+def proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 where /proc cannot say."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
@@ -190,11 +199,12 @@ async def bench_e2e(tmp: Path, n: int, latency_samples: int) -> None:
             line = await asyncio.wait_for(child.stdout.readline(), 300)
             if line.strip() != b"ready":
                 raise RuntimeError(f"publisher process did not start: {line!r}")
-            t0 = time.perf_counter()
+            t0, cpu0, srv0 = time.perf_counter(), time.process_time(), proc_cpu(s.server.pid)
             child.stdin.write(b"go\n")
             await child.stdin.drain()
             await projector.wait_for_seq(n, timeout=600)
             dt = time.perf_counter() - t0
+            cpu, srv = time.process_time() - cpu0, proc_cpu(s.server.pid) - srv0
             pub = json.loads(await asyncio.wait_for(child.stdout.readline(), 60))["seconds"]
         finally:
             child.stdin.close()
@@ -202,6 +212,7 @@ async def bench_e2e(tmp: Path, n: int, latency_samples: int) -> None:
         say("e2e_events", f"{n} (publisher process -> nats-server -> ledger service, {load()})")
         say("e2e_publish_alone", f"{rate(n, pub)}  (the publisher's own rate while the ledger ran)")
         say("e2e_publish_to_projected", f"{rate(n, dt)}  ({dt:.2f} s from the first publish to the last row committed)")
+        say("e2e_cpu_per_event", f"ledger {cpu / n * 1e6:.1f} us, nats-server {srv / n * 1e6:.1f} us (CPU time, all threads)")
         if n >= 100_000:
             GOALS["e2e_publish_to_projected"] = (n / dt, ">=", 20_000.0)
         lat = []

@@ -420,7 +420,7 @@ class PullFeed:
             # stream allows bigger messages than ours), so let requests carry more
             self.request_bytes = min(2 * self.request_bytes, 32 << 20)
 
-    async def ack_all(self, batch: Batch) -> None:
-        """Ack every message up to the batch's last (the consumer's AckPolicy.ALL)."""
-        if batch.last_reply:
-            await self.nc.publish(batch.last_reply.decode(), b"+ACK")
+    async def ack_reply(self, reply: bytes) -> None:
+        """Ack every message up to the one ``reply`` came with (the consumer's AckPolicy.ALL)."""
+        if reply:
+            await self.nc.publish(reply.decode(), b"+ACK")

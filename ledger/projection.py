@@ -192,6 +192,17 @@ class Rows:
     def count(self) -> int:
         return len(self.events.get("event_id", ())) + len(self.rejects.get("seq", ()))
 
+    def extend(self, later: Rows) -> None:
+        """Append the rows of the messages that follow this batch's (one batch made of several)."""
+        for mine, theirs in ((self.events, later.events), (self.rejects, later.rejects)):
+            for name, values in theirs.items():
+                mine.setdefault(name, []).extend(values)
+        for table, cols in later.tables.items():
+            out = self.tables.setdefault(table, {})
+            for name, values in cols.items():
+                out.setdefault(name, []).extend(values)
+        self.last_seq = max(self.last_seq, later.last_seq)
+
 
 # Subjects already validated, so a batch does not re-check the run token for every event.
 _subject_cache: dict[tuple[Any, ...], str] = {}
@@ -247,12 +258,14 @@ _ENVELOPE_GET = operator.attrgetter("event_id", "run", "source", "ts", "schema_v
 
 def project_columns(
     seqs: Sequence[int], subjects_: Sequence[str], datas: Sequence[bytes], tss: Sequence[float], *,
-    after_seq: int = 0,
+    after_seq: int = 0, seen: set[str] | None = None,
 ) -> Rows:  # fmt: skip
     """:func:`project` over messages given as columns (stream sequence, subject, bytes, stored time),
-    the form :class:`ledger.fetch.PullFeed` delivers them in, without a per-message object."""
+    the form :class:`ledger.fetch.PullFeed` delivers them in, without a per-message object. ``seen``:
+    the event_ids of the earlier parts of the same batch (see :meth:`Rows.extend`), updated."""
     rows = Rows(last_seq=after_seq)
-    seen: set[str] = set()
+    if seen is None:
+        seen = set()
     kept_i: list[int] = []
     kinds: list[type[ev.Event]] = []
     envelopes: list[tuple[Any, ...]] = []
@@ -329,8 +342,33 @@ def _arrow(con: duckdb.DuckDBPyConnection, table: str, cols: dict[str, list[Any]
     return pa.table({n: pa.array(v, type=types[n]) for n, v in cols.items()})
 
 
+def _append(con: duckdb.DuckDBPyConnection, table: str, cols: dict[str, Any]) -> None:
+    """Insert the rows of ``cols`` (Python lists or Arrow arrays) into ``table`` in one statement: an Arrow
+    table in the table's column order (absent columns NULL) appended as a relation. Each DuckDB statement
+    costs about a millisecond here, whatever its size, and registering a view and dropping it are two
+    more; a batch makes a dozen inserts, so this is most of what a small batch costs."""
+    types = _arrow_types(con, table)
+    unknown = cols.keys() - types.keys()
+    if unknown:
+        raise ValueError(f"no columns {sorted(unknown)} in table {table}")
+    n = len(next(iter(cols.values())))
+    arrays = []
+    for name, typ in types.items():
+        values = cols.get(name)
+        if values is None:
+            arrays.append(pa.nulls(n, typ))
+        elif isinstance(values, pa.Array | pa.ChunkedArray):
+            arrays.append(values)
+        else:
+            arrays.append(pa.array(values, type=typ))
+    con.from_arrow(pa.Table.from_arrays(arrays, names=list(types))).insert_into(table)
+
+
 def _insert(con: duckdb.DuckDBPyConnection, table: str, cols: dict[str, list[Any]], *, returning: str = "",
             or_ignore: bool = False) -> list[Any]:  # fmt: skip
+    if not returning and not or_ignore:
+        _append(con, table, cols)
+        return []
     quoted = ", ".join(f'"{n}"' for n in cols)
     view = f"_batch_{table}"
     con.register(view, _arrow(con, table, cols))
@@ -370,9 +408,10 @@ _arrow_cache: dict[str, dict[str, pa.DataType]] = {}
 
 
 def _arrow_types(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, pa.DataType]:
+    """The table's columns in order, with their Arrow types (``experiment_state``'s from _STATE_TYPES)."""
     if table not in _arrow_cache:
         rows = con.execute(f"DESCRIBE {table}").fetchall()
-        _arrow_cache[table] = {r[0]: _ARROW[r[1]] for r in rows}
+        _arrow_cache[table] = {r[0]: _ARROW.get(r[1]) or _STATE_TYPES[r[0]] for r in rows}
     return _arrow_cache[table]
 
 
@@ -517,13 +556,7 @@ def _update_experiments(con: duckdb.DuckDBPyConnection, tables: dict[str, dict[s
         if got:  # rows to replace (none for a batch of new hypotheses only)
             delete_experiments(con, "_batch_keys")
         cols = list(zip(*state.values(), strict=True))
-        batch = pa.table({n: pa.array(v, type=_STATE_TYPES[n]) for n, v in zip(STATE_COLUMNS, cols, strict=True)})
-        con.register("_batch_state", batch)
-        try:
-            names = ", ".join(STATE_COLUMNS)
-            con.execute(f"INSERT INTO experiment_state ({names}) SELECT {names} FROM _batch_state")
-        finally:
-            con.unregister("_batch_state")
+        _append(con, "experiment_state", dict(zip(STATE_COLUMNS, cols, strict=True)))
     finally:
         con.unregister("_batch_keys")
 
@@ -581,7 +614,6 @@ def apply(con: duckdb.DuckDBPyConnection, rows: Rows, *, consumer: str, derive: 
             new = _write(con, rows, consumer=consumer, known=False, derive=derive)
         except duckdb.ConstraintException:
             con.execute("ROLLBACK")
-            con.unregister("_batch_events")  # left registered by the insert that failed
             con.execute("BEGIN TRANSACTION")
             new = _write(con, rows, consumer=consumer, known=True, derive=derive)
         con.execute("COMMIT")

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -34,6 +35,35 @@ from ledger.gcpause import gc_paused
 from ledger.projection import Rows, apply, last_seq, project_columns
 
 log = logging.getLogger("swarm.ledger.projector")
+
+
+@dataclass
+class _Staged:
+    """Messages fetched and projected but not yet written: they become one transaction."""
+
+    rows: Rows | None = None
+    last_reply: bytes = b""  # acks every message up to it (AckPolicy.ALL)
+    count: int = 0
+    seen: set[str] = field(default_factory=set)  # event_ids in ``rows``: a batch keeps the first
+
+    def add(self, batch: Batch, rows: Rows | None) -> _Staged:
+        if rows is not None:
+            if self.rows is None:
+                self.rows = rows
+            else:
+                self.rows.extend(rows)
+        self.last_reply = batch.last_reply or self.last_reply
+        self.count += len(batch)
+        return self
+
+
+@dataclass
+class _Writing:
+    """A batch being written (``future``: its commit in a worker thread; None: nothing to write)."""
+
+    future: asyncio.Future[int] | None
+    rows: Rows | None
+    last_reply: bytes
 
 
 class Projector:
@@ -129,15 +159,15 @@ class Projector:
         return msg.seq is not None and msg.seq < first
 
     async def _fetch(
-        self, after: int, wake: asyncio.Future[Any] | None = None
+        self, after: int, *, max_msgs: int, wake: asyncio.Future[Any] | None = None, seen: set[str] | None = None
     ) -> tuple[Batch, Rows | None, bool]:
-        """The next batch, its rows (None: nothing new in it, only ack it) and whether it starts after a
-        gap (then the caller recreates the consumer). ``after`` is the last sequence the database will
-        hold once the write in flight (if any) commits. An empty batch: idle."""
+        """The next messages, their rows (None: nothing new in them, only ack them) and whether they start
+        after a gap (then the caller recreates the consumer). ``after`` is the last sequence the
+        database will hold once what is already in hand is written. An empty batch: idle."""
         if self._feed is None:
             await self.start()
         assert self._feed is not None
-        batch = await self._feed.fetch(self.batch_size, self.fetch_timeout, wake=wake)
+        batch = await self._feed.fetch(max_msgs, self.fetch_timeout, wake=wake)
         if not batch:
             return batch, None, False
         seqs = batch.seqs
@@ -150,65 +180,92 @@ class Projector:
             log.warning("gap before seq %s (have %s): recreating consumer %s", first, after, self.consumer)
             return batch, None, True
         with gc_paused():
-            rows = project_columns(seqs, batch.subjects, batch.datas, batch.tss, after_seq=after)
+            rows = project_columns(seqs, batch.subjects, batch.datas, batch.tss, after_seq=after, seen=seen)
         return batch, rows, False
 
     def _write(self, rows: Rows) -> int:
         with gc_paused():
             return apply(self.con, rows, consumer=self.consumer)
 
-    async def _finish(self, batch: Batch, rows: Rows | None, write: asyncio.Future[int] | None) -> None:
-        """Wait for the batch's commit (a cancel waits for it too: a restart must not read a position
-        that is about to move), then ack it and wake the waiters."""
-        if write is not None:
+    def _start_write(self, staged: _Staged) -> _Writing:
+        rows = staged.rows
+        future = None
+        if rows is not None and rows.last_seq:
+            future = asyncio.ensure_future(asyncio.to_thread(self._write, rows))
+        return _Writing(future, rows, staged.last_reply)
+
+    async def _finish(self, w: _Writing) -> None:
+        """Wait for a write's commit (a cancel waits for it too: a restart must not read a position that
+        is about to move), then ack what it holds and wake the waiters."""
+        if w.future is not None:
             try:
-                new = await asyncio.shield(write)
+                new = await asyncio.shield(w.future)
             except asyncio.CancelledError:
-                await asyncio.wait([write])
+                await asyncio.wait([w.future])
                 raise
-            assert rows is not None
+            assert w.rows is not None
             self.events_projected += new
-            self.rejected += len(rows.rejects.get("seq", ()))
-            self.last_seq = rows.last_seq
+            self.rejected += len(w.rows.rejects.get("seq", ()))
+            self.last_seq = w.rows.last_seq
         if self.before_ack is not None:
             await self.before_ack()
         assert self._feed is not None
-        await self._feed.ack_all(batch)
+        await self._feed.ack_reply(w.last_reply)
         async with self._progress:
             self._progress.notify_all()
 
-    def _start_write(self, rows: Rows | None) -> asyncio.Future[int] | None:
-        if rows is None or not rows.last_seq:
-            return None
-        return asyncio.ensure_future(asyncio.to_thread(self._write, rows))
+    async def _drain(self, writing: _Writing | None, staged: _Staged) -> tuple[None, _Staged]:
+        """Finish the write in flight, then write and finish what is staged (one write at a time)."""
+        if writing is not None:
+            await self._finish(writing)
+        if staged.count:
+            await self._finish(self._start_write(staged))
+        return None, _Staged()
 
     async def step(self) -> int:
         """Fetch, project, commit and ack one batch. Returns how many messages it handled (0: idle)."""
-        batch, rows, gap = await self._fetch(self.last_seq)
+        batch, rows, gap = await self._fetch(self.last_seq, max_msgs=self.batch_size)
         if gap:
             await self._recreate()
         elif batch:
-            await self._finish(batch, rows, self._start_write(rows))
+            await self._finish(self._start_write(_Staged().add(batch, rows)))
         return len(batch)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Project until ``stop`` is set; the batch in hand is always finished (committed and acked).
-        Fetching and projecting the next batch overlaps the write of the previous one."""
+        """Project until ``stop`` is set; what is in hand is always finished (committed and acked).
+
+        While one batch is written (in a worker thread), the messages that arrive are fetched and
+        projected as they come; when the write commits, all of them become the next batch. So a busy
+        stream gets large batches (DuckDB's cost per transaction, about a dozen statements and a WAL
+        sync, is paid once for many events) and a quiet one gets its events written at once.
+        """
         if self._feed is None:
             await self.start()
-        pending: tuple[Batch, Rows | None, asyncio.Future[int] | None] | None = None
+        writing: _Writing | None = None
+        staged = _Staged()
         try:
             while not stop.is_set():
                 try:
-                    after = pending[1].last_seq if pending and pending[1] else self.last_seq
-                    batch, rows, gap = await self._fetch(after, wake=pending[2] if pending else None)
-                    if pending is not None and (batch or pending[2] is None or pending[2].done()):
-                        done, pending = pending, None
-                        await self._finish(*done)
-                    if gap:
+                    if staged.rows is not None:
+                        after = staged.rows.last_seq
+                    else:
+                        after = writing.rows.last_seq if writing is not None and writing.rows else self.last_seq
+                    room = self.batch_size - staged.count
+                    batch, rows, gap = Batch(), None, False
+                    if room > 0:
+                        wake = writing.future if writing is not None else None
+                        batch, rows, gap = await self._fetch(after, max_msgs=room, wake=wake, seen=staged.seen)
+                    if gap:  # write what is in hand, then read the stream again from the database's position
+                        writing, staged = await self._drain(writing, staged)
                         await self._recreate()
-                    elif batch:
-                        pending = (batch, rows, self._start_write(rows))
+                        continue
+                    if batch:
+                        staged.add(batch, rows)
+                    if writing is not None and (writing.future is None or writing.future.done() or room <= 0):
+                        done, writing = writing, None
+                        await self._finish(done)
+                    if writing is None and staged.count:
+                        writing, staged = self._start_write(staged), _Staged()
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     if stop.is_set():
                         break
@@ -219,12 +276,11 @@ class Projector:
                     # a broken fetch (reconnect in progress): the messages come back, so just retry
                     log.warning("fetch failed, retrying: %r", e)
                     await asyncio.sleep(0.2)
-            if pending is not None:
-                done, pending = pending, None
-                await self._finish(*done)
+            writing, staged = await self._drain(writing, staged)
         finally:
-            if pending is not None and pending[2] is not None:
-                await asyncio.wait([pending[2]])  # never leave a commit running behind the caller's back
+            if writing is not None and writing.future is not None:
+                await asyncio.wait([writing.future])  # never leave a commit running behind the caller's back
+
     async def run_until_idle(self, *, timeout: float = 30.0) -> int:
         """Burst mode (like arq's burst workers): project until the consumer has nothing pending.
         Returns the stream sequence reached."""
