@@ -3,8 +3,10 @@ have them judged, write a note, repeat.
 
 ``run_agent(nc, config, proposer, stop=...)`` is the whole agent. Its parts, one idea each: the settings
 (:mod:`agents.config`), what it reports (:mod:`agents.report`), the baselines (:mod:`agents.baselines`),
-wave sizes and budgets (:mod:`agents.budget`), the keep/discard/confirm judge (:mod:`agents.judge`), the
-model server's circuit breaker (:mod:`agents.breaker`); the ledger is read through :mod:`bus.readapi`.
+wave sizes and budgets (:mod:`agents.budget`), the keep/discard/confirm judge (:mod:`agents.judge`, paired
+comparisons in :mod:`agents.paired`), the shared memory and waves (:mod:`agents.shared`,
+:mod:`agents.waves`), screen → validate (:mod:`agents.promotion`), the champion audit (:mod:`agents.audit`),
+the model server's circuit breaker (:mod:`agents.breaker`); the ledger is read through :mod:`bus.readapi`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from agents.proposers.base import (
 )
 from agents.proposers.knob_search import summary_note
 from agents.report import AgentStats, WaveReport, WaveReporter, one_line
-from agents.shared import WaveBook, avoid_set, read_memory
+from agents.shared import WaveBook, avoid_set, read_memory, tried_on
 from agents.tail import RunTail
 from agents.waves import expand
 from bus import BusError, publish, publish_many
@@ -62,15 +64,7 @@ from bus.events import (
 from bus.readapi import LedgerClient, LedgerError, NoLedger
 from bus.trainpy import profile_of_class
 
-__all__ = [
-    "AgentConfig",
-    "AgentStats",
-    "WaveReport",
-    "WaveReporter",
-    "baseline_id",
-    "ensure_baselines",
-    "run_agent",
-]
+__all__ = ["AgentConfig", "AgentStats", "WaveReport", "WaveReporter", "baseline_id", "ensure_baselines", "run_agent"]
 
 log = logging.getLogger("swarm.agents.loop")
 
@@ -367,6 +361,7 @@ class Agent:
             deadline=time.monotonic() + cfg.wave_llm_seconds,
             memory=memory,
             avoid=avoid_set(memory, self.tail, parent_id),
+            tried=tried_on(self.tail, parent_id),
         )
         self.rejections, self.crashes, self.decided_results = [], [], []
         t_propose = time.monotonic()

@@ -16,8 +16,8 @@ from typing import Any
 from agents.config import AgentConfig
 from agents.tail import RunTail
 from agents.waves import WAVE_TAG, Member, Wave, analyse, new_wave_id
-from bus.events import BASELINE, BASELINE_TAG, HypothesisProposed, MemoryReply, MemoryRequest
-from bus.memory import build_memory, change_key, knob_changes
+from bus.events import BASELINE, BASELINE_TAG, HypothesisProposed, MemoryReply, MemoryRequest, NoteRow
+from bus.memory import RERUN_TAGS, build_memory, change_key, code_change, knob_changes
 from bus.readapi import LedgerClient
 
 
@@ -27,12 +27,29 @@ async def read_memory(cfg: AgentConfig, tail: RunTail, ledger: LedgerClient,
     """The shared memory for this agent's next wave."""
     if cfg.isolated:  # only its own work and the baselines, built from the events
         rows = [r for r in tail.memory_rows() if sees(r.agent)]
-        notes = [n for n in tail.local_memory(MemoryRequest(run=cfg.run, notes=0)).notebook if n.agent == cfg.agent]
+        notes = [NoteRow(note_id=n.note_id, agent=n.agent, title=n.title, body=n.body, refs=list(n.refs), ts=n.ts)
+                 for n in tail.notes if n.agent == cfg.agent]  # fmt: skip
         return build_memory(rows, notes, MemoryRequest(run=cfg.run, agent=cfg.agent))
     reply = await ask("memory", ledger.memory(cfg.agent))
     if isinstance(reply, MemoryReply):
         return reply
     return tail.local_memory(MemoryRequest(run=cfg.run, agent=cfg.agent))
+
+
+def tried_on(tail: RunTail, parent: str, limit: int = 60) -> list[str]:
+    """The changes (normalised) already proposed on ``parent`` by anyone, finished or not, newest first: what
+    building on this parent must not repeat."""
+    parent_knobs = tail.proposals[parent].knobs if parent in tail.proposals else _base_knobs(tail)
+    out: list[str] = []
+    for p in reversed(list(tail.proposals.values())):
+        if p.parent != parent or BASELINE_TAG in p.tags or any(t in p.tags for t in RERUN_TAGS):
+            continue
+        key = change_key(knob_changes(p.knobs, parent_knobs), code_change(p.diff))
+        if key not in out:
+            out.append(key)
+        if len(out) >= limit:
+            break
+    return out
 
 
 def avoid_set(memory: MemoryReply, tail: RunTail, parent: str) -> set[str]:

@@ -7,7 +7,9 @@ like a careful person doing coordinate descent:
   a positive float, a small step from zero, ±1/±2 or ×2/÷2 for an int, the other value of a bool);
 * ranks them: a value the effect table says helped (most negative mean Δ first), then a move in a
   direction that helped this knob, then knobs nobody tried (in an order that rotates with the wave), and
-  last the directions that hurt; drops dead ends, what is in flight, and values already tried;
+  last the directions that hurt; drops dead ends, what is in flight, and what was tried on this parent;
+* combines first: the moves that helped alone, all together in one experiment (and, with room, each left
+  out in turn) — what parallel capacity buys a researcher who reads the knob table;
 * proposes the best ``k`` (at most two per knob while other knobs remain), as ``propose_experiments`` with
   search/replace edits of the knob lines; with room for eight or more and two knobs that helped, a 2×2
   ``propose_grid`` of them as well (their interaction);
@@ -89,7 +91,9 @@ def plan(prompt: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]
     for name, value, n, mean in _EFFECT.findall(_section(prompt, "## Knob effects")):
         if int(n) > 0 and mean != "—":
             effects[(name, value.strip())] = float(mean)
-    avoid = set(_BRACKETS.findall(_section(prompt, "## Dead ends"))) | set(_BRACKETS.findall(_section(prompt, "## In flight")))
+    avoid: set[str] = set()
+    for title in ("## Dead ends", "## In flight", "## Already tried on your parent"):
+        avoid |= set(_BRACKETS.findall(_section(prompt, title)))
     lines = source.splitlines(keepends=True)
     scored: list[tuple[float, str, Any]] = []
     for name, knob in knobs.items():
@@ -117,6 +121,24 @@ def plan(prompt: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]
                 score = rot  # explore
             scored.append((score, name, v))
     scored.sort(key=lambda t: (t[0], t[1], str(t[2])))
+    # combine: the moves that helped on their own, all together (and leaving each out when there is room),
+    # before trying more single moves — parallel capacity spent on what the knob table already says
+    helpful: dict[str, Any] = {}
+    for (name, value), d in sorted(effects.items(), key=lambda kv: kv[1]):
+        knob = knobs.get(name)
+        here = effects.get((name, _fmt(knob.value))) if knob is not None else None
+        if knob is None or name.startswith(other) or name in SKIP or d >= 0 or name in helpful:
+            continue
+        v = _literal(value)
+        if isinstance(v, str) or v == knob.value or (here is not None and d >= here):
+            continue
+        helpful[name] = v
+    combos: list[dict[str, Any]] = []
+    if len(helpful) >= 2:
+        combos.append(dict(helpful))
+        if k >= len(helpful) + 2:
+            combos += [{n: v for n, v in helpful.items() if n != out} for out in helpful]
+    combos = [c for c in combos if len(c) >= 2 and _key(c) not in avoid][: max(1, k // 3)]
     chosen: list[tuple[str, Any]] = []
     per_knob: dict[str, int] = {}
     for _, name, v in scored:
@@ -125,9 +147,17 @@ def plan(prompt: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]
             continue
         chosen.append((name, v))
         per_knob[name] = per_knob.get(name, 0) + 1
-        if len(chosen) >= k:
+        if len(chosen) >= k - len(combos):
             break
     experiments = []
+    for combo in combos:
+        edits = []
+        for name, v in combo.items():
+            knob = knobs[name]
+            line = lines[knob.lineno - 1]
+            edits.append({"search": line, "replace": line[: knob.col_offset] + _literal_text(v) + line[knob.end_col_offset:]})
+        experiments.append({"description": "together: " + ", ".join(f"{n}={_literal_text(v)}" for n, v in combo.items()),
+                            "rationale": "each helped alone", "edits": edits})  # fmt: skip
     for name, v in chosen:
         knob = knobs[name]
         line = lines[knob.lineno - 1]
@@ -148,6 +178,13 @@ def plan(prompt: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]
     helped = sorted(((d, f"{n}={v}") for (n, v), d in effects.items() if d < 0))[:5]
     note = (f"wave {wave} on {parent[:8]}: " + ", ".join(f"{c} ({d:+.4f})" for d, c in helped)) if helped else ""
     return experiments, grid, note
+
+
+def _key(changes: dict[str, Any]) -> str:
+    """The change key the shared memory uses (bus.memory.change_key)."""
+    from bus.memory import change_key
+
+    return change_key(changes)
 
 
 def _gt(a: Any, b: Any) -> bool:

@@ -122,6 +122,7 @@ class AgentContext:
     # normalised changes (bus.memory.change_key) not to propose on this parent: failed dead ends and what
     # others are testing on the same parent now
     avoid: set[str] = field(default_factory=set)
+    tried: list[str] = field(default_factory=list)  # changes already proposed on this parent (normalised)
 
 
 @runtime_checkable

@@ -152,6 +152,9 @@ def user_prompt(ctx: AgentContext, k: int) -> str:
             out.append(f"- {x.hypothesis_id[:8]} {x.status} {_fmt(x.val_bpb)} on {x.hw_class}: {x.description}")
     if ctx.memory is not None:
         out.extend(memory_sections(ctx.memory, ctx.agent))
+    if ctx.tried:
+        out.append(f"\n## Already tried on your parent ({ctx.parent_id[:8]}), by anyone: do not repeat")
+        out.append(", ".join(f"[{t}]" for t in ctx.tried))
     out.append("\n## Recent results of all agents (newest first)")
     out.append("| id | agent | status | val_bpb | class | decision | description |\n|---|---|---|---|---|---|---|")
     for e in r.recent[: RECENT_WITH_MEMORY if ctx.memory is not None else None]:

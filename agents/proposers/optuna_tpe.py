@@ -1,7 +1,13 @@
-"""Optuna TPE over train.py's knob space, told every result in the ledger (other agents' included)."""
+"""Optuna TPE over train.py's knob space, told every result in the ledger (other agents' included).
+
+Its startup trials are local: the parent's knob values with one or two of them changed (queued with
+Optuna's ``enqueue_trial``), not TPE's default of every knob at random at once — with twenty knobs, a point
+that changes all of them is almost always far worse and teaches little. A wave is one batch of ``ask``
+with the constant liar (pending trials count as mediocre), Optuna's own batch mechanism."""
 
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -10,7 +16,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from agents.knobs import KnobSpec, search_space
+from agents.knobs import KnobSpec, knob_values, search_space
 from agents.proposers.base import AgentContext, ProposalBatch, Result
 from agents.proposers.knob_search import in_space, knob_draft
 
@@ -41,6 +47,7 @@ class OptunaProposer:
         space: list[KnobSpec] | None = None,
         device: str | None = None,
         n_startup_trials: int = 8,
+        local_startup: bool = True,
     ) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space = space if space is not None else search_space(base_source, device=device)
@@ -51,14 +58,27 @@ class OptunaProposer:
         self.study = optuna.create_study(direction="minimize", sampler=sampler)
         self._trials: dict[str, optuna.trial.Trial] = {}  # own hypothesis id -> trial
         self._told: set[str] = set()
+        self.n_startup = n_startup_trials if local_startup else 0
+        self.rng = random.Random(seed)
+
+    def _local(self, parent: dict[str, Any]) -> dict[str, Any]:
+        """The parent's values (those inside the space) with one or two knobs sampled anew."""
+        params = {s.name: parent[s.name] for s in self.space if s.name in parent and _fits(s, parent[s.name])}
+        for s in self.rng.sample(self.space, min(len(self.space), self.rng.choice((1, 1, 2)))):
+            params[s.name] = s.sample(self.rng)
+        return params
 
     async def propose(self, context: AgentContext, k: int) -> ProposalBatch:
         batch = ProposalBatch()
         if not self.dists:
             return batch
         wave: set[str] = set()
+        parent = knob_values(context.parent_source)
         for _ in range(k):
             for _ in range(MAX_TRIES):
+                done = sum(1 for t in self.study.trials if t.state != TrialState.FAIL)
+                if done < self.n_startup:
+                    self.study.enqueue_trial(self._local(parent))
                 trial = self.study.ask(self.dists)
                 draft = knob_draft(context, trial.params, f"tpe#{trial.number}")
                 if draft is None or draft.source in wave:
@@ -95,3 +115,10 @@ class OptunaProposer:
 
     async def aclose(self) -> None:
         return None
+
+
+def _fits(spec: KnobSpec, value: Any) -> bool:
+    """Whether Optuna takes ``value`` as a fixed parameter of ``spec``'s distribution (on its step grid)."""
+    if not spec.contains(value):
+        return False
+    return not (spec.kind == "int" and spec.step and not spec.log and (value - int(spec.low)) % spec.step)
