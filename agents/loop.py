@@ -235,7 +235,8 @@ class Agent:
             source = apply_edits(parent_source, draft.edits)
         else:
             raise ValidationError("a proposal needs edits")
-        v = validate_source(source, parent_source)
+        # the parent is the baseline or a result that ran ok: a change of knob values alone is as runnable
+        v = validate_source(source, parent_source, parent_runs=True)
         self.tail.seen.check(v)
         return v
 

@@ -193,3 +193,15 @@ def test_agent_specs() -> None:
     for bad in ("", "gemini:x", "claude:", "openai:m@ftp://x"):
         with pytest.raises(SpecError):
             parse_agent_spec(bad)
+
+
+def test_a_knob_change_of_a_runnable_parent_skips_the_full_check() -> None:
+    from agents.edits import knob_lines_only, validate_source
+
+    changed = apply_knobs(SRC, {"DEPTH": 5, "MATRIX_LR": 0.02})
+    assert knob_lines_only(SRC, changed)
+    assert not knob_lines_only(SRC, changed.replace("DEPTH = 5", "DEPTH = f(5)"))  # not a literal
+    assert not knob_lines_only(SRC, changed.replace("DEPTH = 5", "DEPTHS = 5"))  # another knob
+    assert not knob_lines_only(SRC, changed.replace("import math", "import os"))  # code
+    fast = validate_source(changed, SRC, parent_runs=True)
+    assert fast == validate_source(changed, SRC)
