@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import sysconfig
 import tempfile
 import time
 import traceback
@@ -38,11 +37,44 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness import evaluation as _evaluation
+from harness.errors import PrepareError
 from harness.feed import Budget, feed_batches, iter_rows, row_starts, take_batch
+from harness.sources import (
+    OFFLINE_VAL_DIRS as OFFLINE_VAL_DIRS,  # re-exported: prepare.py is the harness's face
+)
+from harness.sources import (
+    VAL_PERCENT as VAL_PERCENT,  # re-exported: prepare.py is the harness's face
+)
+from harness.sources import (
+    Source,
+    _read_parquet_texts,
+    _sha256_file,
+    _split_text,
+    corpus_source,
+    offline_source,
+)
+from harness.sources import (
+    _is_val as _is_val,  # re-exported: prepare.py is the harness's face
+)
+from harness.tokenizer import (
+    BOS_TOKEN as BOS_TOKEN,  # re-exported: prepare.py is the harness's face
+)
+from harness.tokenizer import (
+    TOKEN_DTYPE,
+    _bos_id,
+    _encode_docs,
+    token_byte_lengths,
+    train_tokenizer,
+)
+from harness.tokenizer import (
+    TOKENIZER_MAX_CHARS as TOKENIZER_MAX_CHARS,  # re-exported: prepare.py is the harness's face
+)
+from harness.tokenizer import (
+    Tokenizer as Tokenizer,  # re-exported: prepare.py is the harness's face
+)
 
 if TYPE_CHECKING:
     import torch
-    from tokenizers import Tokenizer as HFTokenizer
 
 # ---------------------------------------------------------------------------
 # Fixed constants (do not change: results are only comparable while these hold)
@@ -74,11 +106,7 @@ PROFILES: dict[str, ProfileSpec] = {
     # one H100: the autoresearch-sized default, a wall-clock budget (GPU timing is steady)
     "gpu": ProfileSpec("seconds", 300.0, 2048, 8192, 10 * 2**19, 32, 8192, 0, 0, 10, 0.0),
 }
-BOS_TOKEN = "<|bos|>"
-VAL_PERCENT = 5  # offline and --corpus sources: a document goes to val when hash(its id) % 100 < this
-TOKENIZER_MAX_CHARS = 500_000_000  # BPE training text cap (large downloads)
 PREPARE_VERSION = 2  # bump when the preparation changes what a fingerprint covers
-TOKEN_DTYPE = np.uint16
 DOWNLOAD_BACKOFF = 1.0  # seconds before the first retry, doubling after each
 
 DATASETS: dict[str, dict[str, Any]] = {
@@ -102,10 +130,6 @@ OFFLINE_DATASET = "offline"  # --dataset offline: the offline corpus by name (no
 # with a message saying so (see choose_source). cpu: the offline corpus (tests and CI have no network).
 DEFAULT_DATASET = {"cpu": OFFLINE_DATASET, "gpu": "climbmix"}
 DEFAULT_PROBE_RETRIES = 2  # download attempts of a default dataset before falling back (an offline node)
-
-
-class PrepareError(RuntimeError):
-    """Preparation or download failed; the message says what and what to do."""
 
 
 # ---------------------------------------------------------------------------
@@ -178,143 +202,6 @@ def budget(profile: str | None = None) -> Budget:
     except ValueError as e:
         raise PrepareError(f"{e} (SWARM_BUDGET={os.environ.get('SWARM_BUDGET')!r}, "
                            f"SWARM_BUDGET_UNIT={os.environ.get('SWARM_BUDGET_UNIT')!r})") from e
-
-
-# ---------------------------------------------------------------------------
-# Sources: documents as (id, text)
-# ---------------------------------------------------------------------------
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _is_val(doc_id: str) -> bool:
-    return int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) % 100 < VAL_PERCENT
-
-
-def _split_text(text: str, doc_chars: int) -> list[str]:
-    """Cut a text at line boundaries into pieces of at most doc_chars (long lines are hard-split)."""
-    pieces: list[str] = []
-    cur: list[str] = []
-    size = 0
-    for line in text.splitlines(keepends=True):
-        while len(line) > doc_chars:
-            if cur:
-                pieces.append("".join(cur))
-                cur, size = [], 0
-            pieces.append(line[:doc_chars])
-            line = line[doc_chars:]
-        if size + len(line) > doc_chars and cur:
-            pieces.append("".join(cur))
-            cur, size = [], 0
-        cur.append(line)
-        size += len(line)
-    if cur:
-        pieces.append("".join(cur))
-    return [p for p in pieces if p.strip()]
-
-
-@dataclasses.dataclass
-class Source:
-    """Documents of one source, already split into train and val, plus what identifies them."""
-
-    name: str
-    identity: dict[str, Any]  # goes into the dataset fingerprint
-    train: list[str]
-    val: list[str]
-    # downloaded shards are read only when a preparation needs their documents: their identity (file
-    # hashes) alone finds a dataset already prepared, so a runner's start does not parse gigabytes of text
-    loader: Callable[[], tuple[list[str], list[str]]] | None = None
-
-    def load(self) -> None:
-        """Read the documents of a source whose reading was deferred (no-op otherwise)."""
-        if self.loader is not None:
-            self.train, self.val = self.loader()
-            self.loader = None
-
-
-def _text_files_source(root: Path, name: str, suffixes: tuple[str, ...], max_bytes: int,
-                       doc_chars: int, skip_dirs: tuple[str, ...] = (),
-                       val_dirs: tuple[str, ...] = ()) -> Source:
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs)
-        files.extend(Path(dirpath) / f for f in sorted(filenames) if f.endswith(suffixes))
-    files.sort(key=lambda p: p.relative_to(root).as_posix())
-    train: list[str] = []
-    val: list[str] = []
-    hashes: list[list[str]] = []
-    budget = {"train": 0, "val": 0}
-    caps = {"train": max_bytes, "val": max(max_bytes // 10, 1) if max_bytes else 0}
-    for path in files:
-        rel = path.relative_to(root).as_posix()
-        if path.suffix == ".parquet":
-            docs = [(f"{rel}#{i}", t) for i, t in enumerate(_read_parquet_texts(path))]
-        else:
-            data = path.read_bytes()
-            try:
-                docs = [(rel, data.decode("utf-8"))]
-            except UnicodeDecodeError:
-                continue  # not text; skipping keeps the corpus clean
-        used = False
-        top = rel.split("/", 1)[0]
-        for doc_id, text in docs:
-            split = "val" if (top in val_dirs if val_dirs else _is_val(doc_id)) else "train"
-            if caps[split] and budget[split] >= caps[split]:
-                continue
-            budget[split] += len(text.encode("utf-8"))
-            (val if split == "val" else train).extend(_split_text(text, doc_chars))
-            used = True
-        if used:
-            hashes.append([rel, _sha256_file(path)])
-    if not train or not val:
-        raise PrepareError(f"source {root} gave {len(train)} train and {len(val)} val documents; "
-                           "it needs text files (.py .txt .md .rst .parquet) landing in both splits")
-    identity = {"kind": name, "files": hashes, "max_bytes": max_bytes, "val_percent": VAL_PERCENT}
-    return Source(name, identity, train, val)
-
-
-# The offline corpus's validation documents: whole standard-library packages that neither Python, torch nor
-# this harness imports, so every sandbox can hide them (the runner overlays these directories of every
-# Python installation it mounts) while the interpreter keeps the rest of its standard library. A split by
-# document hash would put validation text inside files every Python process must be able to read.
-OFFLINE_VAL_DIRS = ("idlelib", "turtledemo", "tkinter", "lib2to3", "pydoc_data")
-
-
-def offline_source(doc_chars: int, max_bytes: int) -> Source:
-    """The offline default: the running interpreter's standard-library sources (no network needed)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = ("site-packages", "dist-packages", "__pycache__")
-    val_dirs = tuple(d for d in OFFLINE_VAL_DIRS if (root / d).is_dir())
-    if not val_dirs:
-        raise PrepareError(f"{root} has none of {OFFLINE_VAL_DIRS} for the offline validation split; "
-                           "use --corpus DIR or --dataset NAME")
-    src = _text_files_source(root, "stdlib", (".py",), max_bytes, doc_chars, skip, val_dirs)
-    src.identity["python"] = sys.version.split()[0]
-    src.identity["val_dirs"] = list(val_dirs)
-    return src
-
-
-def corpus_source(corpus: Path, doc_chars: int, max_bytes: int) -> Source:
-    """A user's own text or parquet files (column 'text')."""
-    return _text_files_source(corpus, f"corpus:{corpus.name}", (".txt", ".md", ".rst", ".py", ".parquet"),
-                              max_bytes, doc_chars)
-
-
-def _read_parquet_texts(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path, columns=["text"])
-    except Exception as e:
-        raise PrepareError(f"{path} is not a readable parquet file with a 'text' column ({e}); "
-                           "delete it and download again") from e
-    return [t for t in table.column("text").to_pylist() if t]
 
 
 # ---------------------------------------------------------------------------
@@ -492,94 +379,6 @@ def choose_source(profile: str, dataset: str | None = None, corpus: str | None =
             f"SWARM_DATASET_URL), or copy the shards into {raw}. To choose the offline corpus without trying the "
             f"download: --dataset {OFFLINE_DATASET}.")
         return offline_source(spec.doc_chars, max_bytes)
-
-
-# ---------------------------------------------------------------------------
-# Tokenizer
-# ---------------------------------------------------------------------------
-
-
-def _byte_decoder() -> dict[str, int]:
-    # the GPT-2 byte<->unicode table that the ByteLevel pre-tokenizer uses
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
-
-
-def train_tokenizer(texts: list[str], vocab_size: int) -> HFTokenizer:
-    """Byte-level BPE trained on the given (training) texts, BOS as the only special token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[BOS_TOKEN],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    budget = 0
-    sample = []
-    for t in texts:
-        if budget > TOKENIZER_MAX_CHARS:
-            break
-        sample.append(t)
-        budget += len(t)
-    tok.train_from_iterator(sample, trainer=trainer, length=len(sample))
-    tok.encode_special_tokens = True  # "<|bos|>" inside a document is text, not BOS
-    return tok
-
-
-def token_byte_lengths(tok: HFTokenizer) -> np.ndarray:
-    """Each token's length in UTF-8 bytes (0 for BOS), for bits per byte."""
-    dec = _byte_decoder()
-    out = np.zeros(tok.get_vocab_size(), dtype=np.int32)
-    for token, idx in tok.get_vocab().items():
-        out[idx] = 0 if token == BOS_TOKEN else sum(1 for c in token if c in dec)
-    return out
-
-
-def _bos_id(tok: HFTokenizer) -> int:
-    idx = tok.token_to_id(BOS_TOKEN)
-    if idx is None:
-        raise PrepareError(f"tokenizer has no {BOS_TOKEN} token; delete the cache and prepare again")
-    return int(idx)
-
-
-class Tokenizer:
-    """The prepared tokenizer, as train.py and tests use it."""
-
-    def __init__(self, path: str | Path) -> None:
-        from tokenizers import Tokenizer as HF
-
-        self.path = Path(path)
-        self.hf = HF.from_file(str(self.path))
-        self.hf.encode_special_tokens = True  # "<|bos|>" inside a text is text, not BOS
-        self.bos_id = _bos_id(self.hf)
-        self.vocab_size: int = self.hf.get_vocab_size()
-
-    @classmethod
-    def from_dir(cls, data_dir: str | Path | None = None) -> Tokenizer:
-        return cls(Path(data_dir or get_data_dir()) / "tokenizer.json")
-
-    def encode(self, text: str, bos: bool = False) -> list[int]:
-        ids: list[int] = self.hf.encode(text, add_special_tokens=False).ids
-        return [self.bos_id, *ids] if bos else ids
-
-    def decode(self, ids: list[int]) -> str:
-        out: str = self.hf.decode([i for i in ids if i != self.bos_id], skip_special_tokens=True)
-        return out
-
-
-def _encode_docs(tok: HFTokenizer, docs: list[str], bos_id: int) -> np.ndarray:
-    parts: list[np.ndarray] = []
-    for i in range(0, len(docs), 4096):
-        for enc in tok.encode_batch(docs[i:i + 4096], add_special_tokens=False):
-            parts.append(np.asarray([bos_id, *enc.ids], dtype=TOKEN_DTYPE))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=TOKEN_DTYPE)
 
 
 # ---------------------------------------------------------------------------

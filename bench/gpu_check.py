@@ -120,7 +120,7 @@ async def check(args: argparse.Namespace) -> dict[str, Any]:
             nats_urls=(server.url,), run=RUN, runner_id="gpu-check", executor="process", state_dir=work / "runner",
             cache_dir=cache, profile="cpu" if dry else "gpu", hw_class="cpu" if dry else "", gpu=None if dry else args.gpu,
             calibrate=False, burst=True, max_experiments=args.runs, max_budget=args.budget, fetch_timeout=2.0,
-            eval_tokens=args.eval_tokens, threads=args.threads,
+            eval_tokens=args.eval_tokens, threads=args.threads, dataset=args.dataset,
         )  # fmt: skip
         hyps = [HypothesisProposed(run=RUN, source="gpu-check", hypothesis_id=new_event_id(), agent="gpu-check",
                                    train_py=train_py, train_py_sha256=sha256(train_py), hw_class="any", seed=i)
@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="per run: seconds on GPU (default 120), tokens in the CPU dry run (default 4096)")  # fmt: skip
     p.add_argument("--eval-tokens", type=int, default=None, help="default: the profile's (dry run: 2048)")
     p.add_argument("--threads", type=int, default=None, help="CPU dry run: thread limit")
+    p.add_argument("--dataset", default="offline",
+                   help="the data (default offline: a GPU box with no network must not wait on a download)")
     p.add_argument(
         "--peak-flops", type=float, default=None, help="peak bf16 FLOP/s for MFU (default: the class's)"
     )

@@ -96,6 +96,7 @@ class Runner:
         self.completed = 0  # experiments that ended with a published result
         self.published: list[ExperimentFinished] = []
         self.logs_to_store = True
+        self.joined = False  # RunnerJoined published (and not taken back): shutdown then says RunnerLeft
 
     # -- setup ------------------------------------------------------------------------------------------
 
@@ -130,13 +131,14 @@ class Runner:
                                                   dataset_fingerprint=self.node.dataset_fingerprint,
                                                   tokenizer_fingerprint=self.node.tokenizer_fingerprint,
                                                   budget=self.run_budget().amount, budget_unit=self.run_budget().unit))
+        self.joined = True
         try:  # runners that checked at the same time: the stream's order says whose data is the run's
             await node.check_run_data(self.js, cfg, hw.hw_class, self.node, self.run_budget(), before_seq=ack.seq)
         except DataMismatch as e:
             await publish(self.js, RunnerLeft(run=cfg.run, source=self.id, runner=self.id, reason=str(e)[:2000]))
             with contextlib.suppress(Exception):
                 await self.lab.close()
-            self.lab = None  # it left: shutdown announces nothing more
+            self.lab, self.joined = None, False  # it left: shutdown announces nothing more
             raise
         log.info("runner %s up: classes %s, executor %s", self.id, classes, self.lab.name)
 
@@ -461,8 +463,7 @@ class Runner:
         if self.lab is not None:
             with contextlib.suppress(Exception):
                 await self.lab.close()
-        joined = self.lab is not None and reason != "calibration failed"
-        if joined and self.hardware is not None and self.nc.is_connected:
+        if self.joined and self.nc.is_connected:
             with contextlib.suppress(Exception):
                 await publish(self.js, RunnerLeft(run=self.config.run, source=self.id, runner=self.id, reason=reason))
         log.info("runner %s left: %s", self.id, reason)
