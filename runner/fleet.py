@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import random
 import signal
 import sys
 import time
@@ -85,6 +86,7 @@ class FleetConfig:
     prefetch: bool = False  # one item ahead per runner: idles others when the queue is short
     progress_interval: float = 5.0  # cosmetic (live views); a thousand runners send them
     stop_grace_seconds: float = 600.0
+    start_stagger: float = 0.02  # seconds between two runners' starts (1,000 runners: 20 s)
     id_prefix: str = "sim"
     baseline_train_py: Path = field(default_factory=lambda: REPO_ROOT / "train.py")
 
@@ -129,7 +131,7 @@ async def _prepare_consumers(nc: NATS, cfg: FleetConfig) -> None:
         await ensure_consumer(js, dataclasses.replace(ccfg, max_waiting=max(512, 2 * cfg.size)))
 
 
-MAX_RESTARTS = 5  # per runner: a supervisor gives up on a runner that keeps dying
+MAX_RESTARTS = 10  # per runner: a supervisor gives up on a runner that keeps dying
 
 
 async def run_fleet(cfg: FleetConfig, stop: asyncio.Event) -> FleetStats:
@@ -150,6 +152,10 @@ async def run_fleet(cfg: FleetConfig, stop: asyncio.Event) -> FleetStats:
 
     async def supervise(i: int, rid: str, cls: str) -> None:
         rc = cfg.runner_config(rid, cls)
+        # machines come up over a while, not in the same millisecond: a thousand runners starting at once
+        # would each ask the server for the run's state at the same moment
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), i * cfg.start_stagger)
         for attempt in range(MAX_RESTARTS + 1):
             runner = Runner(conns[i // cfg.per_connection], rc, executor=SimulatedExecutor(rc, landscape=landscape))
             done.append(runner)
@@ -162,8 +168,9 @@ async def run_fleet(cfg: FleetConfig, stop: asyncio.Event) -> FleetStats:
                 stats.restarts += 1
                 if stop.is_set():
                     return
+                backoff = min(30.0, 1.5**attempt) * (0.5 + random.random())  # jittered: not all at once again
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), min(30.0, 2.0**attempt))  # back off, unless stopping
+                    await asyncio.wait_for(stop.wait(), backoff)  # back off, unless stopping
                 if stop.is_set():
                     return
         stats.failed_runners.append(rid)
@@ -196,6 +203,7 @@ def parse_args(argv: list[str] | None = None) -> FleetConfig:
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--progress-interval", type=float, default=5.0)
     p.add_argument("--stop-grace", type=float, default=600.0)
+    p.add_argument("--start-stagger", type=float, default=0.02, help="seconds between two runners' starts")
     p.add_argument("--id-prefix", default="sim")
     p.add_argument("--baseline-train-py", default=str(REPO_ROOT / "train.py"))
     p.add_argument("-v", "--verbose", action="store_true")
@@ -215,19 +223,34 @@ def parse_args(argv: list[str] | None = None) -> FleetConfig:
         state_dir=Path(a.state_dir), time_scale=a.time_scale, budget_seconds=a.budget, ack_wait=a.ack_wait,
         max_deliver=a.max_deliver, fetch_timeout=a.fetch_timeout, per_connection=a.per_connection,
         prefetch=a.prefetch, progress_interval=a.progress_interval, stop_grace_seconds=a.stop_grace,
+        start_stagger=a.start_stagger,
         id_prefix=a.id_prefix, baseline_train_py=Path(a.baseline_train_py),
     )  # fmt: skip
 
 
-def dump_tasks() -> None:
-    """Log where every task of the fleet waits (SIGUSR1): with a thousand runners in one process, this is
-    how to see which one hangs, and on what."""
-    import io
+def _await_chain(task: asyncio.Task[object]) -> str:
+    """file:line of every coroutine in the task's await chain, outermost first."""
+    out: list[str] = []
+    obj: object = task.get_coro()
+    for _ in range(40):
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+        if frame is None:
+            break
+        out.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}")
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
+        if obj is None:
+            break
+    return " > ".join(out)
 
-    for task in asyncio.all_tasks():
-        buf = io.StringIO()
-        task.print_stack(limit=8, file=buf)
-        log.warning("task %s: %s", task.get_name(), buf.getvalue().strip().replace("\n", " | "))
+
+def dump_tasks() -> None:
+    """Log where every task of the fleet waits (SIGUSR1), grouped: with a thousand runners in one process,
+    this is how to see which ones hang, and on what."""
+    import collections
+
+    chains = collections.Counter(_await_chain(t) for t in asyncio.all_tasks())
+    for chain, n in chains.most_common():
+        log.warning("tasks waiting (%d): %s", n, chain)
 
 
 async def _main(cfg: FleetConfig) -> FleetStats:

@@ -66,7 +66,13 @@ class Lease:
             return
         pong: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         await send_ping(pong)
-        await asyncio.wait_for(asyncio.shield(pong), timeout)
+        # asyncio.wait, not wait_for(shield(...)): on Python 3.11 wait_for returns the result when the PONG
+        # lands in the same loop turn as a cancel, swallowing the cancel; the keeper then renewed a lease
+        # forever while publish_result awaited it (the simulated fleet's drills hung on it). wait() leaves
+        # the future alone on timeout and lets a cancel through.
+        done, _ = await asyncio.wait({pong}, timeout=timeout)
+        if not done:
+            raise TimeoutError(f"no PONG within {timeout:g} s")
 
     async def keep(self) -> None:
         """Renew about every third of ack_wait until cancelled or released."""

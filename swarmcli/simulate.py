@@ -260,6 +260,9 @@ class SimulatedSwarm:
             if self.failed():
                 raise click.ClickException(f"while waiting for {what}: {self._why_failed()}")
             if time.monotonic() > deadline:
+                for name, proc in self.procs.items():  # each fleet logs where its tasks wait (diagnosis)
+                    if name.startswith("fleet") and proc.poll() is None:
+                        proc.send_signal(signal.SIGUSR1)
                 raise click.ClickException(f"{what}: not within {timeout:.0f} s (see {self.cfg.run_dir})")
             await asyncio.sleep(every)
 
