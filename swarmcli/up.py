@@ -92,6 +92,8 @@ def _port_free(host: str, port: int) -> bool:
 @click.option("--budget", type=float, default=None,
               help="Training budget per experiment, in the profile's unit: tokens on a CPU (default 65,536), "
                    "seconds on a GPU (default 300). Runners cap every hypothesis at it.")  # fmt: skip
+@click.option("--budget-seconds", type=float, default=None, hidden=True,
+              help="Deprecated: --budget. On a CPU, converted to tokens at a nominal 1,000 tokens/s.")
 @click.option("--baseline-repeats", type=int, default=3, show_default=True,
               help="Runs of the unmodified train.py per hardware class (baseline mean and σ).")  # fmt: skip
 @click.option(
@@ -153,6 +155,7 @@ def up(
     executor: str,
     max_experiments: int,
     budget: float | None,
+    budget_seconds: float | None,
     baseline_repeats: int,
     time_scale: float,
     duration: float | None,
@@ -216,6 +219,10 @@ def up(
     agents = [str(p.spec) for p in plans]
     _check_agent_specs(agents, api_key_envs=[p.api_key_env for p in plans])
     gpus = list(range(_gpu_count())) if executor != "simulated" else []
+    if budget_seconds is not None and budget is None:  # the old flag: a CPU budget is tokens now
+        budget = budget_seconds if gpus or executor == "simulated" else max(2048.0, round(budget_seconds * 1000 / 2048) * 2048)
+        click.echo(f"swarm up: --budget-seconds is deprecated, use --budget (here: --budget {budget:g}"
+                   f"{' tokens' if not gpus and executor != 'simulated' else ''})", err=True)
     if runners is None:
         runners = len(gpus) or 1
     if gpus and runners > len(gpus):
