@@ -180,12 +180,14 @@ class FrameParser(Parser):
         return self._generation == gen
 
 
-async def install(nc: NATS, *, timeout: float = 5.0) -> FrameParser:
+async def install(nc: NATS, *, timeout: float = 30.0) -> FrameParser:
     """The connection's :class:`FrameParser`, swapping it in for nats-py's parser if needed.
 
-    The swap waits for a moment when the old parser holds no partial frame (nats-py parses a read as
-    soon as it arrives, so that is almost always at once). Raises ProjectorError if this nats-py does
-    not have the parser this module extends.
+    The swap waits for a moment when the old parser holds no partial frame: its state is then all in
+    the (empty) buffer they share, and a parse of the old one that is still suspended on an await finds
+    nothing left to do. nats-py parses each read as it arrives, so on a connection that is not in the
+    middle of a burst that is at once. Raises ProjectorError if this nats-py does not have the parser
+    this module extends, or if the moment never comes within ``timeout``.
     """
     deadline = time.monotonic() + timeout
     while True:
