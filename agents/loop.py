@@ -362,7 +362,7 @@ class Agent:
             deadline=time.monotonic() + cfg.wave_llm_seconds,
             memory=memory,
             avoid=avoid_set(memory, self.tail, parent_id),
-            tried=tried_on(self.tail, parent_id),
+            tried=tried_on(self.tail, parent_id, parent_source),
         )
         self.rejections, self.crashes, self.decided_results = [], [], []
         t_propose = time.monotonic()
@@ -438,6 +438,7 @@ class Agent:
         valid: list[tuple[ProposalDraft, Validated]] = []
         for draft in drafts:
             if len(valid) >= k:
+                first_rejection = first_rejection or f"over the wave size {k}"
                 await self.reject(Rejection(f"over the wave size {k}", draft.description), draft)
                 continue
             try:

@@ -14,11 +14,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agents.config import AgentConfig
+from agents.errors import ValidationError
+from agents.knobs import format_value, parse_knobs
 from agents.tail import RunTail
 from agents.waves import WAVE_TAG, Member, Wave, analyse, new_wave_id
 from bus.events import BASELINE, BASELINE_TAG, HypothesisProposed, MemoryReply, MemoryRequest, NoteRow
 from bus.memory import RERUN_TAGS, build_memory, change_key, code_change, knob_changes
 from bus.readapi import LedgerClient
+from bus.trainpy import sha256
 
 
 async def read_memory(cfg: AgentConfig, tail: RunTail, ledger: LedgerClient,
@@ -36,19 +39,37 @@ async def read_memory(cfg: AgentConfig, tail: RunTail, ledger: LedgerClient,
     return tail.local_memory(MemoryRequest(run=cfg.run, agent=cfg.agent))
 
 
-def tried_on(tail: RunTail, parent: str, limit: int = 60) -> list[str]:
-    """The changes (normalised) already proposed on ``parent`` by anyone, finished or not, newest first: what
-    building on this parent must not repeat."""
-    parent_knobs = tail.proposals[parent].knobs if parent in tail.proposals else _base_knobs(tail)
+def tried_on(tail: RunTail, parent: str, parent_source: str, limit: int = 60, scan: int = 400) -> list[str]:
+    """The changes (normalised) from ``parent`` whose train.py was already proposed, by anyone, finished or
+    not, newest first: what building on this parent must not repeat. Besides the proposals built on it,
+    any proposal whose train.py is the parent with a few knob values changed (a combination tried from an
+    older parent, a step taken back), among the latest ``scan``."""
+    try:
+        knobs = parse_knobs(parent_source)
+    except ValidationError:
+        return []
+    values = {k: v.value for k, v in knobs.items()}
+    lines = parent_source.splitlines(keepends=True)
     out: list[str] = []
-    for p in reversed(list(tail.proposals.values())):
-        if p.parent != parent or BASELINE_TAG in p.tags or any(t in p.tags for t in RERUN_TAGS):
+    for i, p in enumerate(reversed(list(tail.proposals.values()))):
+        if BASELINE_TAG in p.tags or any(t in p.tags for t in RERUN_TAGS):
             continue
-        key = change_key(knob_changes(p.knobs, parent_knobs), code_change(p.diff))
-        if key not in out:
+        changes = knob_changes(p.knobs, values)
+        key = ""
+        if p.parent == parent:
+            key = change_key(changes, code_change(p.diff))
+        elif i < scan and 0 < len(changes) <= 4 and all(k in knobs for k in changes):
+            edited = list(lines)  # the parent with these values, written as the agents write them
+            for k, v in changes.items():
+                kn = knobs[k]
+                edited[kn.lineno - 1] = (edited[kn.lineno - 1][: kn.col_offset] + format_value(v)
+                                         + edited[kn.lineno - 1][kn.end_col_offset :])  # fmt: skip
+            if sha256("".join(edited)) == p.train_py_sha256:
+                key = change_key(changes)
+        if key and key not in out:
             out.append(key)
-        if len(out) >= limit:
-            break
+            if len(out) >= limit:
+                break
     return out
 
 

@@ -202,6 +202,14 @@ async def bench(agents: list[str], seeds: int, experiments: int, many: int, time
     return results
 
 
+def warm_imports() -> None:
+    """Import what the agents import lazily (the anthropic SDK alone takes seconds on a busy machine): a
+    process that runs an agent pays it once at start, never per wave, so no run's clock may include it."""
+    import agents.proposers.claude
+    import agents.proposers.optuna_tpe  # noqa: F401
+    import ledger.service  # noqa: F401
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", default="optuna,researcher")
@@ -219,6 +227,7 @@ def main() -> None:
     bad = [x for x in agents if x not in ("optuna", "researcher")]
     if bad:
         sys.exit(f"unknown agent {bad[0]!r}: use optuna and/or researcher")
+    warm_imports()
     res = asyncio.run(bench(agents, a.seeds, a.experiments, a.runners, a.time_scale))
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(res, indent=1))

@@ -125,12 +125,12 @@ def plan(prompt: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]
     # before trying more single moves — parallel capacity spent on what the knob table already says
     helpful: dict[str, Any] = {}
     for (name, value), d in sorted(effects.items(), key=lambda kv: kv[1]):
-        knob = knobs.get(name)
-        here = effects.get((name, _fmt(knob.value))) if knob is not None else None
-        if knob is None or name.startswith(other) or name in SKIP or d >= 0 or name in helpful:
+        cur = knobs.get(name)
+        here = effects.get((name, _fmt(cur.value))) if cur is not None else None
+        if cur is None or name.startswith(other) or name in SKIP or d >= 0 or name in helpful:
             continue
         v = _literal(value)
-        if isinstance(v, str) or v == knob.value or (here is not None and d >= here):
+        if isinstance(v, str) or v == cur.value or (here is not None and d >= here):
             continue
         helpful[name] = v
     combos: list[dict[str, Any]] = []

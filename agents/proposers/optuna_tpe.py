@@ -2,11 +2,14 @@
 
 Its startup trials are local: the parent's knob values with one or two of them changed (queued with
 Optuna's ``enqueue_trial``), not TPE's default of every knob at random at once — with twenty knobs, a point
-that changes all of them is almost always far worse and teaches little. A wave is one batch of ``ask``
-with the constant liar (pending trials count as mediocre), Optuna's own batch mechanism."""
+that changes all of them is almost always far worse and teaches little. When the swarm's shared memory
+shows two or more knob values that helped on their own, a wave also queues their combination on the parent
+(once). A wave is one batch of ``ask`` with the constant liar (pending trials count as mediocre), Optuna's
+own batch mechanism."""
 
 from __future__ import annotations
 
+import ast
 import random
 import warnings
 from collections.abc import Sequence
@@ -60,6 +63,7 @@ class OptunaProposer:
         self._told: set[str] = set()
         self.n_startup = n_startup_trials if local_startup else 0
         self.rng = random.Random(seed)
+        self._combined: set[str] = set()
 
     def _local(self, parent: dict[str, Any]) -> dict[str, Any]:
         """The parent's values (those inside the space) with one or two knobs sampled anew."""
@@ -68,16 +72,47 @@ class OptunaProposer:
             params[s.name] = s.sample(self.rng)
         return params
 
+    def _combination(self, context: AgentContext, parent: dict[str, Any]) -> dict[str, Any] | None:
+        """The parent with every knob value the shared memory says helped on its own (the best value of each
+        knob, mean Δ < 0 over single-knob changes), when that is at least two changes not tried before."""
+        if context.memory is None:
+            return None
+        best: dict[str, tuple[float, Any]] = {}
+        specs = {s.name: s for s in self.space}
+        for e in context.memory.knobs:
+            spec = specs.get(e.knob)
+            if spec is None or e.mean_delta is None or e.mean_delta >= 0 or e.n < 1:
+                continue
+            try:
+                value = ast.literal_eval(e.value)
+            except (ValueError, SyntaxError):
+                continue
+            if _fits(spec, value) and value != parent.get(e.knob) and e.mean_delta < best.get(e.knob, (0.0, None))[0]:
+                best[e.knob] = (e.mean_delta, value)
+        if len(best) < 2:
+            return None
+        params = {s.name: parent[s.name] for s in self.space if s.name in parent and _fits(s, parent[s.name])}
+        params.update({n: v for n, (_, v) in best.items()})
+        key = repr(sorted(params.items()))
+        if key in self._combined:
+            return None
+        self._combined.add(key)
+        return params
+
     async def propose(self, context: AgentContext, k: int) -> ProposalBatch:
         batch = ProposalBatch()
         if not self.dists:
             return batch
         wave: set[str] = set()
         parent = knob_values(context.parent_source)
+        combination = self._combination(context, parent)
+        if combination is not None:  # exploit what the swarm learned, through Optuna's own queue
+            self.study.enqueue_trial(combination)
         for _ in range(k):
             for _ in range(MAX_TRIES):
                 done = sum(1 for t in self.study.trials if t.state != TrialState.FAIL)
-                if done < self.n_startup:
+                waiting = any(t.state == TrialState.WAITING for t in self.study.trials)
+                if done < self.n_startup and not waiting:
                     self.study.enqueue_trial(self._local(parent))
                 trial = self.study.ask(self.dists)
                 draft = knob_draft(context, trial.params, f"tpe#{trial.number}")
