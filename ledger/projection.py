@@ -441,6 +441,12 @@ _R_FIELDS = [("status", "status"), ("val_bpb", "val_bpb"), ("finished_ts", "ts")
              ("log_ref", "log_ref"), ("result_hw_class", "hw_class")]  # fmt: skip
 
 
+_H_IDX = [(_S[col], src) for col, src in _H_FIELDS]
+_R_IDX = [(_S[col], src) for col, src in _R_FIELDS]
+_TOUCHED, _CLAIMS, _PROPOSALS, _STATUS = _S["touched_seq"], _S["claims"], _S["proposals"], _S["status"]
+_DECISION, _ATTEMPTS, _RAN_ON = _S["decision"], _S["attempts"], _S["ran_on"]
+
+
 def _blank(key: tuple[str, str]) -> list[Any]:
     row: list[Any] = [None] * len(STATE_COLUMNS)
     row[_S["run"]], row[_S["hypothesis_id"]] = key
@@ -472,55 +478,69 @@ def _merge_experiments(
     dispositions :data:`ledger.schema.DISPOSITION_SQL` would, when every row of a key comes after its
     ``touched_seq``; returns None where that or the stream's usual order does not hold (a row older than
     the state, a first proposal after other rows of its hypothesis), and the caller recomputes in SQL."""
+    # (mechanics only: the rule is bus.results.disposition; column indices and lists are looked up once
+    # per batch, not per event, which made this loop the projector's largest Python cost)
     per_key: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+    get = per_key.get
     for kind, table in enumerate(_EXPERIMENT_SOURCES):
         cols = tables.get(table)
         if not cols:
             continue
-        for i, (run, hid, seq) in enumerate(zip(cols["run"], cols["hypothesis_id"], cols["seq"], strict=True)):
-            per_key.setdefault((run, hid), []).append((seq, kind, i))
+        seqs = cols["seq"]
+        for key, i in zip(zip(cols["run"], cols["hypothesis_id"], strict=True), range(len(seqs)), strict=True):
+            group = get(key)
+            if group is None:
+                per_key[key] = [(seqs[i], kind, i)]
+            else:
+                group.append((seqs[i], kind, i))
     h, c, r, d = (tables.get(t, {}) for t in _EXPERIMENT_SOURCES)
+    h_cols = [(idx, h[src]) for idx, src in _H_IDX] if h else []
+    r_cols = [(idx, r[src]) for idx, src in _R_IDX] if r else []
+    c_attempt, c_runner, c_hw = (c["attempt"], c["runner"], c["hw_class"]) if c else ([], [], [])
+    r_attempt, r_runner, r_status, r_late = (r["attempt"], r["runner"], r["status"], r["late"]) if r else ([],) * 4
+    d_decision = d["decision"] if d else []
     dispositions: list[str] = [""] * len(r.get("event_id", ()))
     out: dict[tuple[str, str], list[Any]] = {}
     for key, evs in per_key.items():
-        evs.sort()
+        if len(evs) > 1:
+            evs.sort()
         old = prev.get(key)
-        if old is not None and evs[0][0] <= old[_S["touched_seq"]]:
+        if old is not None and evs[0][0] <= old[_TOUCHED]:
             return None
         row: list[Any] | None = None
         if old is not None:
             row = list(old)
-            row[_S["claims"]] = list(old[_S["claims"]] or [])
+            row[_CLAIMS] = list(old[_CLAIMS] or [])
         for seq, kind, i in evs:
             if kind == 0:  # HypothesisProposed: the first one defines the hypothesis
                 if row is None:
                     row = _blank(key)
-                    for col, src in _H_FIELDS:
-                        row[_S[col]] = h[src][i]
-                    row[_S["proposals"]] = 1
-                elif row[_S["proposals"]] == 0:
+                    for idx, col in h_cols:
+                        row[idx] = col[i]
+                    row[_PROPOSALS] = 1
+                elif row[_PROPOSALS] == 0:
                     return None  # proposed after its claims/finishes/decisions: recompute in SQL
                 else:
-                    row[_S["proposals"]] += 1
+                    row[_PROPOSALS] += 1
             else:
                 if row is None:
                     row = _blank(key)
                 if kind == 1:
-                    row[_S["claims"]].append(
-                        {"attempt": c["attempt"][i], "runner": c["runner"][i], "seq": seq, "hw_class": c["hw_class"][i]})
+                    row[_CLAIMS].append({"attempt": c_attempt[i], "runner": c_runner[i], "seq": seq, "hw_class": c_hw[i]})
                 elif kind == 2:
-                    seen = [(x["attempt"], x["runner"]) for x in row[_S["claims"]] if x["seq"] < seq]
-                    dispositions[i] = disposition(r["attempt"][i], r["runner"][i], r["status"][i], r["late"][i],
-                                                  seen, row[_S["status"]] is not None)
+                    seen = [(x["attempt"], x["runner"]) for x in row[_CLAIMS] if x["seq"] < seq]
+                    dispositions[i] = disposition(r_attempt[i], r_runner[i], r_status[i], r_late[i],
+                                                  seen, row[_STATUS] is not None)  # fmt: skip
                     if dispositions[i] == "result":
-                        for col, src in _R_FIELDS:
-                            row[_S[col]] = r[src][i]
+                        for idx, col in r_cols:
+                            row[idx] = col[i]
                 else:
-                    row[_S["decision"]] = d["decision"][i]
-            row[_S["touched_seq"]] = seq
+                    row[_DECISION] = d_decision[i]
+            row[_TOUCHED] = seq
         assert row is not None
-        row[_S["attempts"]] = len({x["attempt"] for x in row[_S["claims"]]})
-        row[_S["ran_on"]] = _ran_on(row)
+        claims = row[_CLAIMS]
+        row[_ATTEMPTS] = len({x["attempt"] for x in claims}) if claims else 0
+        row[_RAN_ON] = _ran_on(row)
         out[key] = row
     return dispositions, out
 
