@@ -25,7 +25,8 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   step "installing torch (${SWARM_TORCH_SPEC:-torch==2.13.0}; the first time takes a minute or two)"
-  run .venv/bin/python -m pip install -q "${SWARM_TORCH_SPEC:-torch==2.13.0}"
+  # shellcheck disable=SC2086 (a spec may carry pip options, e.g. "torch==2.13.0 --index-url URL")
+  run .venv/bin/python -m pip install -q ${SWARM_TORCH_SPEC:-torch==2.13.0}
 fi
 if ! .venv/bin/python -c "import swarmcli, pytest" 2>/dev/null || [ pyproject.toml -nt .venv/.installed ]; then
   step "installing the project and its tools into .venv"

@@ -95,9 +95,19 @@ def preexec(limits: Limits, *, address_space: bool = True) -> Callable[[], None]
     return apply
 
 
+# where util-linux keeps its tools: a PATH without the sbin directories (a minimal environment, a user's
+# shell) must not silently turn the sandbox off
+_SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/bin", "/bin")
+
+
+def tool(name: str) -> str | None:
+    """The absolute path of a sandbox tool: on PATH, else in the usual system directories."""
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(_SBIN))
+
+
 def namespace_available(user_ns: bool, root: Path) -> bool:
     """Whether the namespace wrapper works here (probes it once with `true`)."""
-    if not all(shutil.which(t) for t in ("unshare", "setpriv", "pivot_root")):
+    if not all(tool(t) for t in ("unshare", "setpriv", "pivot_root")):
         return False
     import subprocess
 
@@ -119,7 +129,7 @@ def wrap_namespace(cmd: Sequence[str], *, root: Path, cwd: Path, mounts: Sequenc
     q = shlex.quote
     r = str(root)
     # the tools by absolute path: the step's PATH (its own environment) need not hold /usr/sbin
-    tools = {t: q(shutil.which(t) or t) for t in ("mount", "umount", "pivot_root", "setpriv")}
+    tools = {t: q(tool(t) or t) for t in ("mount", "umount", "pivot_root", "setpriv")}
     lines = ["set -e", f"R={q(r)}", f"mount() {{ {tools['mount']} \"$@\"; }}", f"umount() {{ {tools['umount']} \"$@\"; }}",
              'mount -t tmpfs -o size=16m,mode=755 swarm-root "$R"']
 
@@ -158,7 +168,8 @@ def wrap_namespace(cmd: Sequence[str], *, root: Path, cwd: Path, mounts: Sequenc
               f"cd {q(str(cwd))}"]
     drop = "" if user_ns else f"--reuid={NOBODY} --regid={NOBODY} --clear-groups "
     lines.append(f'exec {tools["setpriv"]} {drop}--bounding-set=-all --no-new-privs -- "$@"')
-    unshare = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation", "private"]
+    unshare = [tool("unshare") or "unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--propagation",
+               "private"]
     if user_ns:
         unshare[1:1] = ["--user", "--map-root-user"]
     return [*unshare, "--", "/bin/sh", "-c", "\n".join(lines), "swarm-sandbox", *cmd]
