@@ -26,12 +26,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import prepare  # noqa: E402
+from bus.trainpy import parse_summary  # noqa: E402
 
 
 def block(stdout: str) -> dict[str, str]:
-    lines = stdout.splitlines()
-    tail = lines[len(lines) - lines[::-1].index("---"):]
-    return dict(line.split(": ", 1) for line in tail if ": " in line)
+    """train.py's `---` block (bus.trainpy.parse_summary: the one parser of its output)."""
+    return parse_summary(stdout).text
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bus.events import Status
+from bus.trainpy import NAN_EXIT_CODE
 from harness.evaluation import EvalResult
 from harness.feed import FeedStats
 from runner import contract
@@ -57,7 +58,7 @@ def classify_training(res: StepResult, feed: FeedStats, deadlines: Deadlines, *,
     if res.exit_code != 0:
         if res.oom_killed or contract.looks_like_oom(res.output[-20000:]):
             return end("oom", f"out of memory (exit {res.exit_code})")
-        if res.exit_code == 3 or summary.nan_step is not None:
+        if res.exit_code == NAN_EXIT_CODE or summary.nan_step is not None:
             return end("nan", f"nan loss at step {summary.nan_step}")
         why = f"train.py exited with {res.exit_code}"
         if err := contract.last_error(res.output):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bus.trainpy import NAN_EXIT_CODE
 from harness.feed import Budget
 from runner import contract
 from runner.config import EVAL_SECONDS, STARTUP_SECONDS, RunnerConfig
@@ -64,7 +65,7 @@ class SimulatedLab:
                 tail = contract.traceback_tail(tr.output, tail_chars)
                 if tr.oom_killed or contract.looks_like_oom(tr.output[-20000:]):
                     return Outcome("oom", f"out of memory (exit {tr.exit_code})", log_tail=tail, **base)  # type: ignore[arg-type]
-                if tr.exit_code == 3 or summary.nan_step is not None:
+                if tr.exit_code == NAN_EXIT_CODE or summary.nan_step is not None:
                     return Outcome("nan", f"nan loss at step {summary.nan_step}", log_tail=tail, **base)  # type: ignore[arg-type]
                 return Outcome("crash", f"train.py exited with {tr.exit_code}", log_tail=tail, **base)  # type: ignore[arg-type]
             if on_phase:

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bus.trainpy import parse_progress as parse_one_progress
+from bus.trainpy import parse_summary
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_PY = REPO / "train.py"
 CORPUS_MAX_BYTES = "400000"  # a small offline corpus keeps tokenizer training to about a second
@@ -21,8 +24,6 @@ SMALL_KNOBS = {
     "CPU_TOTAL_BATCH_SIZE": "1024",
 }
 SMALL_ENV = {"SWARM_MAX_SEQ_LEN": "128", "SWARM_EVAL_TOKENS": "4096"}
-
-PROGRESS_RE = re.compile(r"^step (\d+) \| progress ([0-9.]+) \| loss ([0-9.]+|nan) \| tok/s (\d+)$", re.M)
 
 
 def set_knobs(source: str, knobs: dict[str, str]) -> str:
@@ -60,12 +61,13 @@ def run_py(script: Path | str, env: dict[str, str], cwd: Path, *args: str,
 
 
 def parse_block(stdout: str) -> dict[str, str]:
-    """The `key: value` lines after the final `---` line."""
-    lines = stdout.splitlines()
-    assert "---" in lines, stdout
-    tail = lines[len(lines) - 1 - lines[::-1].index("---") + 1:]
-    return dict(line.split(": ", 1) for line in tail if ": " in line)
+    """The `key: value` lines after the final `---` line (bus.trainpy.parse_summary, as text)."""
+    summary = parse_summary(stdout)
+    assert summary.text, stdout
+    return summary.text
 
 
 def parse_progress(stdout: str) -> list[tuple[int, float, float, int]]:
-    return [(int(s), float(p), float(loss), int(t)) for s, p, loss, t in PROGRESS_RE.findall(stdout)]
+    """Every progress line (bus.trainpy.parse_progress)."""
+    lines = [p for line in stdout.splitlines() if (p := parse_one_progress(line)) is not None]
+    return [(p.step, p.progress, p.loss, p.tok_per_s) for p in lines]
