@@ -157,8 +157,8 @@ class Audits:
             audit.ablations[rid] = step
             evs.append(self._event(rid, source, champ, cls, seed,
                                    f"audit: {champ[:8]} without {step[:8]} ({tail.proposals[step].description[:200]})"))
-        if not audit.ablations:
-            return []
+        if not audit.ablations or any(ev.hypothesis_id in tail.proposals for ev in evs):
+            return []  # nothing to take out, or this audit was published before (by anyone)
         stored = []
         for ev in evs:
             ack = await self.host.js.publish(subjects.event_subject(ev), encode(ev), stream=subjects.STREAM,

@@ -116,8 +116,9 @@ async def one_run(agent: str, seed: int, runners: int, experiments: int, *, time
                 spec = f"claude:researcher@{llm.url}"
                 kw["api_key"] = "loopback"
             t0 = time.time()
+            name = f"{agent}-s{seed}"  # the researcher's taste (its exploration order) follows its name
             task = asyncio.create_task(run_agent_spec(
-                nc, spec, run=RUN, train_py=ROOT / "train.py", stop=stop, agent=agent, seed=seed,
+                nc, spec, run=RUN, train_py=ROOT / "train.py", stop=stop, agent=name, seed=seed,
                 max_experiments=experiments, hw_class=CLASS, max_wave=runners, validate_class="",
                 wave_timeout=3600.0, audit_every=None, **kw,
             ))  # fmt: skip
@@ -130,7 +131,7 @@ async def one_run(agent: str, seed: int, runners: int, experiments: int, *, time
                 pts = []
                 for h in tail.finish_order:
                     p, f = tail.proposals.get(h), tail.finished[h]
-                    if p is None or p.agent != agent or f.status != "ok" or BASELINE_TAG in p.tags:
+                    if p is None or p.agent != name or f.status != "ok" or BASELINE_TAG in p.tags:
                         continue
                     true = landscape.run(p.train_py, CLASS, BUDGET).val_bpb
                     if true is not None:

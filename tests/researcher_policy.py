@@ -76,8 +76,9 @@ def _fmt(v: Any) -> str:
     return fmt_value(v)
 
 
-def plan(prompt: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
-    """(experiments, a grid or None, a note) for one prompt."""
+def plan(prompt: str, who: str = "") -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
+    """(experiments, a grid or None, a note) for one prompt; ``who`` (the agent's name, from the system
+    prompt) varies the order in which untried knobs are explored, as two researchers' tastes differ."""
     m = _SOURCE.search(prompt)
     w = _WAVE.search(prompt)
     if m is None or w is None:
@@ -102,7 +103,7 @@ def plan(prompt: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]
         helped_up = [d for (kn, val), d in effects.items() if kn == name and d < 0 and _gt(_literal(val), knob.value)]
         helped_down = [d for (kn, val), d in effects.items() if kn == name and d < 0 and _gt(knob.value, _literal(val))]
         hurt = [d for (kn, _), d in effects.items() if kn == name and d > 0]
-        rot = int(hashlib.sha256(f"{name}|{wave // 3}".encode()).hexdigest()[:6], 16) / 2**24
+        rot = int(hashlib.sha256(f"{who}|{name}|{wave // 3}".encode()).hexdigest()[:6], 16) / 2**24
         for v in _neighbours(name, knob.value):
             key = f"{name}={_fmt(v)}"
             if key in avoid or v == knob.value:
@@ -176,7 +177,7 @@ def plan(prompt: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]
                     "factors": [{"knob": a, "values": [knobs[a].value, va]}, {"knob": b, "values": [knobs[b].value, vb]}]}
             experiments = experiments[: max(0, k - 3)]
     helped = sorted(((d, f"{n}={v}") for (n, v), d in effects.items() if d < 0))[:5]
-    note = (f"wave {wave} on {parent[:8]}: " + ", ".join(f"{c} ({d:+.4f})" for d, c in helped)) if helped else ""
+    note = f"wave {wave} on {parent[:8]}: " + (", ".join(f"{c} ({d:+.4f})" for d, c in helped) or "nothing helped yet")
     return experiments, grid, note
 
 
@@ -209,12 +210,16 @@ def _literal_text(v: Any) -> str:
     return format_value(v)
 
 
+_WHO = re.compile(r"You are (\S+), one researcher")
+
+
 def respond(rec: Recorded) -> Reply:
     """The policy's answer to one request of either API."""
     if rec.path.endswith("/messages"):
         content = rec.body["messages"][-1]["content"]
         prompt = content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
-        experiments, grid, note = plan(prompt)
+        who = _WHO.search(str(rec.body.get("system", "")))
+        experiments, grid, note = plan(prompt, who.group(1) if who else "")
         calls: list[tuple[str, Any]] = []
         if experiments:
             calls.append(("propose_experiments", {"experiments": experiments}))
@@ -227,7 +232,8 @@ def respond(rec: Recorded) -> Reply:
     import json
 
     prompt = rec.body["messages"][-1]["content"]
-    experiments, grid, note = plan(prompt)
+    who = _WHO.search(str(rec.body["messages"][0].get("content", "")))
+    experiments, grid, note = plan(prompt, who.group(1) if who else "")
     calls_oa = [("propose_experiments", json.dumps({"experiments": experiments}))] if experiments else []
     if grid:
         calls_oa.append(("propose_grid", json.dumps(grid)))
