@@ -4,7 +4,9 @@ says — the parent train.py and its knobs, the shared memory's knob effects, de
 like a careful person doing coordinate descent:
 
 * moves: each tunable knob of the parent, one at a time, to a neighbouring value (×0.5, ×0.7, ×1.4, ×2 for
-  a positive float, a small step from zero, ±1/±2 or ×2/÷2 for an int, the other value of a bool);
+  a positive float, a small step from zero, ±20 %/±40 % for a size, ±1/±2 or ×2/÷2 for a small or
+  power-of-two int, the other value of a bool); sizes, learning rates and the schedule first, as any
+  researcher would;
 * ranks them: a value the effect table says helped (most negative mean Δ first), then a move in a
   direction that helped this knob, then knobs nobody tried (in an order that rotates with the wave), and
   last the directions that hurt; drops dead ends, what is in flight, and what was tried on this parent;
@@ -29,6 +31,8 @@ from typing import Any
 from bus.trainpy import parse_knobs
 from tests.fake_llm_server import Recorded, Reply, anthropic_tool_use, openai_completion
 
+FIRST = ("ASPECT_RATIO", "DEPTH", "MATRIX_LR", "EMBEDDING_LR", "TOTAL_BATCH_SIZE", "WARMDOWN_RATIO", "FINAL_LR_FRAC",
+         "WEIGHT_DECAY", "HEAD_DIM", "WARMUP_RATIO")
 SKIP = {"SEED", "COMPILE", "LOG_INTERVAL", "LOSS_EXPLODE", "EVAL_TOKENS", "MAX_SEQ_LEN", "TIME_BUDGET", "NS_STEPS"}
 _SOURCE = re.compile(r"## Parent train.py \((\S+), val_bpb [^)]*\); your edits apply to this\n```python\n(.*?)\n```", re.S)
 _WAVE = re.compile(r"# Wave (\d+): propose up to (\d+) experiments")
@@ -51,12 +55,23 @@ def _literal(text: str) -> Any:
         return text
 
 
-def _neighbours(name: str, v: Any) -> list[Any]:
+def _neighbours(name: str, v: Any, ring: int = 0) -> list[Any]:
+    """Values next to ``v``; ``ring`` 1: the next ones out and in (when the first ring is used up)."""
+    if ring:
+        if isinstance(v, bool) or not isinstance(v, int | float) or v == 0:
+            return []
+        if isinstance(v, int) and v < 16:
+            return [x for x in (v - 3, v + 3) if x >= 1]
+        ratio = isinstance(v, float) and any(s in name for s in ("RATIO", "FRAC", "DECAY", "CLIP", "DROPOUT"))
+        out = [round(v * f, 6) if isinstance(v, float) else max(1, round(v * f)) for f in (0.85, 1.2, 0.35, 3.0)]
+        return [x for x in out if x != v and (not ratio or x <= 1.0)]
     if isinstance(v, bool):
         return [not v]
     if isinstance(v, int):
         if v >= 8 and v & (v - 1) == 0:
             return [v // 2, v * 2]
+        if v >= 16:  # a size: relative steps (a step of one would change nothing that matters)
+            return sorted({max(1, round(v * f)) for f in (1.2, 0.8, 1.4, 0.6)} - {v}, key=lambda x: abs(x / v - 1.1))
         return [x for x in (v - 1, v + 1, v - 2, v + 2) if x >= 1]
     if isinstance(v, float):
         ratio = any(s in name for s in ("RATIO", "FRAC", "DECAY", "CLIP", "DROPOUT"))
@@ -103,8 +118,12 @@ def plan(prompt: str, who: str = "") -> tuple[list[dict[str, Any]], dict[str, An
         helped_up = [d for (kn, val), d in effects.items() if kn == name and d < 0 and _gt(_literal(val), knob.value)]
         helped_down = [d for (kn, val), d in effects.items() if kn == name and d < 0 and _gt(knob.value, _literal(val))]
         hurt = [d for (kn, _), d in effects.items() if kn == name and d > 0]
-        rot = int(hashlib.sha256(f"{who}|{name}|{wave // 3}".encode()).hexdigest()[:6], 16) / 2**24
-        for v in _neighbours(name, knob.value):
+        # what any researcher tries first (size, learning rates, schedule), in an order of its own taste
+        prior = next((i for i, p in enumerate(FIRST) if p in name), len(FIRST)) / len(FIRST)
+        rot = 0.5 * prior + 0.5 * int(hashlib.sha256(f"{who}|{name}|{wave // 3}".encode()).hexdigest()[:6], 16) / 2**24
+        first = _neighbours(name, knob.value)
+        fresh = [v for v in first if f"{name}={_fmt(v)}" not in avoid and effects.get((name, _fmt(v))) is None]
+        for v in first + (_neighbours(name, knob.value, ring=1) if not fresh else []):
             key = f"{name}={_fmt(v)}"
             if key in avoid or v == knob.value:
                 continue
