@@ -3,6 +3,7 @@ simulated runners), the fleet's pieces, and the figures it computes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -53,7 +54,8 @@ def test_bad_input_says_what_to_do(tmp_path: Path) -> None:
 @pytest.mark.slow
 async def test_simulate_runs_a_whole_swarm_and_keeps_its_stream(tmp_path: Path) -> None:
     state = tmp_path / "sim"
-    r = subprocess.run(
+    r = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "swarmcli", "simulate", "--classes", "h100:4,h200:2", "--agents", "random,optuna",
          "--experiments", "14", "--time-scale", "0.005", "--seed", "3", "--run", "t", "--state-dir", str(state),
          "--json"],
