@@ -292,8 +292,12 @@ class RunTail:
             ))  # fmt: skip
         return rows
 
-    def local_memory(self, req: MemoryRequest) -> MemoryReply:
-        """The MemoryReply the ledger would give, from the events (fallback when it is silent)."""
+    def local_memory(self, req: MemoryRequest, window: int = 5_000) -> MemoryReply:
+        """The MemoryReply the ledger would give, from the events (fallback when it is silent): every kept,
+        in-flight and baseline hypothesis and the latest ``window`` finished ones, as the ledger reads."""
+        recent = set(self.finish_order[-window:])
+        rows = [r for r in self.memory_rows() if r.status is None or r.decision not in (None, "discard")
+                or BASELINE_TAG in r.tags or r.hypothesis_id in recent]  # fmt: skip
         notes = [NoteRow(note_id=n.note_id, agent=n.agent, title=n.title, body=n.body, refs=list(n.refs), ts=n.ts)
                  for n in self.notes]  # fmt: skip
-        return build_memory(self.memory_rows(), notes, req)
+        return build_memory(rows, notes, req)

@@ -256,7 +256,7 @@ def agents(cur: duckdb.DuckDBPyConnection, run: str, problems: int = 5) -> list[
 
 # the most recent finished hypotheses the memory's effect table and dead ends read (bests and lineage
 # are exact whatever the run's length; see bus.memory)
-MEMORY_WINDOW = 20_000
+MEMORY_WINDOW = 5_000  # ~0.3 s of Python per request at this size (bus.memory), asked once per agent wave
 
 
 def memory(cur: duckdb.DuckDBPyConnection, req: ev.MemoryRequest) -> ev.MemoryReply:
