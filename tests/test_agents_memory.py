@@ -176,3 +176,19 @@ def test_code_change_ignores_formatting_and_knob_lines() -> None:
     a = "--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-x = f(a,b)\n+x = g(a, b)\n-DEPTH = 4\n+DEPTH = 5\n"
     b = "--- a/train.py\n+++ b/train.py\n@@ -3 +3 @@\n-x = f(a, b)  \n+x = g(a,b)\n"
     assert code_change(a) == code_change(b) == "-x=f(a,b)\n+x=g(a,b)"
+
+
+async def test_an_isolated_agent_remembers_only_its_own_work_and_the_baselines() -> None:
+    from agents.shared import read_memory
+
+    tail = RunTail(None, RUN)  # type: ignore[arg-type]
+    for e in bobs_work():
+        tail.apply(e)
+    cfg = AgentConfig(run=RUN, agent="me", base_train_py=STANDIN_TRAIN_PY, isolated=True)
+
+    async def never(op: str, call: Any) -> Any:
+        raise AssertionError("an isolated agent does not ask the ledger for the memory")
+
+    mem = await read_memory(cfg, tail, None, never, lambda agent: agent in ("me", "baseline"))  # type: ignore[arg-type]
+    assert not mem.top and not mem.in_flight and not mem.notebook and not mem.dead_ends
+    assert [c.best_id for c in mem.classes] == ["baseline"]  # bob's keep is not its to see
