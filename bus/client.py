@@ -236,12 +236,14 @@ async def ensure_consumer(js: JetStreamContext, config: jsapi.ConsumerConfig) ->
 
 
 def work_consumer_config(
-    run: str, hw_class: str, *, ack_wait: float = 120.0, max_deliver: int = 5
+    run: str, hw_class: str, *, ack_wait: float = 120.0, max_deliver: int = 5, max_waiting: int = 4096
 ) -> jsapi.ConsumerConfig:
     """The shared durable pull consumer of one run's work subject for one hardware class.
 
     Runners renew their lease with ``in_progress()`` about every ``ack_wait / 3``; after ``max_deliver``
-    deliveries an item goes to the dead-letter path (ExperimentFinished status=lost).
+    deliveries an item goes to the dead-letter path (ExperimentFinished status=lost). Every idle runner keeps
+    a pull request waiting: ``max_waiting`` (JetStream's default is 512) bounds how many the server holds,
+    beyond which it refuses them (409) and the refused runners would spin re-asking.
     """
     return jsapi.ConsumerConfig(
         durable_name=subjects.work_consumer(run, hw_class),
@@ -251,6 +253,7 @@ def work_consumer_config(
         ack_wait=ack_wait,
         max_deliver=max_deliver,
         max_ack_pending=10_000,
+        max_waiting=max_waiting,
     )
 
 

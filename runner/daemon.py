@@ -228,15 +228,15 @@ class Runner:
         """Check the hypothesis and lay out its job (pipelined: may run while another job trains)."""
         assert self.lab is not None and self.node is not None and self.hardware is not None
         hyp = item.hyp
-        if sha256(hyp.train_py) != hyp.train_py_sha256:
+        if await asyncio.to_thread(sha256, hyp.train_py) != hyp.train_py_sha256:
             item.rejected = "train.py does not match its train_py_sha256 (corrupted or tampered in transit)"
             return
         if hyp.tier == "validate" and hyp.hw_class not in ("any", self.hardware.hw_class):
             item.rejected = (f"validate-tier work for class {hyp.hw_class!r} reached a {self.hardware.hw_class!r} "
                              "runner: it only counts on its own class")
             return
-        try:
-            contract.check_module_level(hyp.train_py)
+        try:  # parsing train.py (~10 ms each) stays off the event loop: a fleet claims hundreds at once
+            await asyncio.to_thread(contract.check_module_level, hyp.train_py)
         except ContractViolation as e:
             item.rejected = str(e)
             return
@@ -392,7 +392,7 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
             if item.job is not None:
-                remove_job(item.job)
+                await asyncio.to_thread(remove_job, item.job)
 
     async def _prefetch(self, halt: asyncio.Event, stop: asyncio.Event) -> None:
         """Fetch and prepare the next item while the current one runs (at most one ahead). ``halt`` is set

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -123,12 +122,12 @@ async def _prepare_consumers(nc: NATS, cfg: FleetConfig) -> None:
     """The work consumers once, before a thousand runners ask for them at the same moment. Every idle runner
     keeps a pull request waiting on each of its classes' consumers, and JetStream refuses more than
     ``max_waiting`` (default 512) with a 409 that nats-py reports as a timeout: the refused runners would
-    spin, re-asking. So the fleet sizes it (until bus.work_consumer_config takes a max_waiting)."""
+    spin, re-asking. So the fleet sizes it to the fleet."""
     js = nc.jetstream()
     await ensure_stream(js)
     for cls in sorted({c for c, _ in cfg.classes} | {"any"}):
-        ccfg = work_consumer_config(cfg.run, cls, ack_wait=cfg.ack_wait, max_deliver=cfg.max_deliver)
-        await ensure_consumer(js, dataclasses.replace(ccfg, max_waiting=max(512, 2 * cfg.size)))
+        await ensure_consumer(js, work_consumer_config(cfg.run, cls, ack_wait=cfg.ack_wait, max_deliver=cfg.max_deliver,
+                                                       max_waiting=max(4096, 2 * cfg.size)))
 
 
 MAX_RESTARTS = 10  # per runner: a supervisor gives up on a runner that keeps dying

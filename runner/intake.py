@@ -57,6 +57,7 @@ class Intake:
         self.buffer: list[Item] = []
         self.claims: set[tuple[str, int]] = set()
         self._fetches: dict[str, asyncio.Task[Any]] = {}
+        self._pending_claims: set[asyncio.Task[None]] = set()
 
     async def subscribe(self, js: JetStreamContext) -> None:
         cfg = self.config
@@ -87,7 +88,12 @@ class Intake:
             if not started:
                 for cls, psub in self.subs:
                     if cls not in self._fetches:
-                        self._fetches[cls] = asyncio.create_task(self._fetch_one(psub, self._fetch_timeout()))
+                        task = asyncio.create_task(self._fetch_one(psub, self._fetch_timeout()))
+                        # an item a fetch delivers while the runner is busy (the other consumers' long-polls
+                        # stay open) is claimed at once: unclaimed, its lease would lapse and the server
+                        # would hand it to a second runner
+                        task.add_done_callback(self._claim_soon)
+                        self._fetches[cls] = task
                 started = True
             if not self._fetches:
                 break  # a full round came back empty
@@ -105,6 +111,11 @@ class Intake:
         order = {c: i for i, (c, _) in enumerate(self.subs)}
         self.buffer.sort(key=lambda it: (order.get(it.cls, 99), it.stream_seq))
         return self.buffer.pop(0)
+
+    def _claim_soon(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is None and task.result() is not None:
+            self._pending_claims.add(t := asyncio.create_task(self._collect()))
+            t.add_done_callback(self._pending_claims.discard)
 
     async def _collect(self) -> None:
         for cls in [c for c, t in self._fetches.items() if t.done()]:
@@ -161,6 +172,8 @@ class Intake:
     async def drain(self) -> None:
         """Let in-flight fetches end (they expire within fetch_timeout) and give back what they got, so no
         pull request of ours is left open to swallow an item we are about to give back."""
+        if self._pending_claims:  # claims under way land in the buffer, which the caller gives back
+            await asyncio.gather(*self._pending_claims, return_exceptions=True)
         tasks = list(self._fetches.values())
         self._fetches.clear()
         for task in tasks:

@@ -10,11 +10,13 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import sys
 from pathlib import Path
 
 import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 
@@ -226,6 +228,22 @@ def dataset_name(data: NodeData) -> str:
 
 async def runner_joins(js: JetStreamContext, run: str, before_seq: int | None = None,
                        batch: int = 256) -> list[RunnerJoined]:
+    """:func:`_runner_joins`, retried: hundreds of runners starting at once make the server answer 503
+    (no responders) or time out now and then, which must not kill a runner's start."""
+    for attempt in range(6):
+        try:
+            return await _runner_joins(js, run, before_seq, batch)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as e:
+            if attempt == 5:
+                raise
+            delay = min(8.0, 0.25 * 2**attempt) * (0.5 + random.random())
+            log.warning("reading the run's runners failed (%s); again in %.1f s", type(e).__name__, delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def _runner_joins(js: JetStreamContext, run: str, before_seq: int | None = None,
+                        batch: int = 256) -> list[RunnerJoined]:
     """The run's RunnerJoined events in stream order (only those stored before stream sequence
     ``before_seq`` when given), read with an ephemeral pull consumer on the run's runner subject (what the
     runner role may do; the server removes the consumer when idle)."""

@@ -25,7 +25,7 @@ from runner.daemon import Runner
 from tests.support.bus import all_events, finished, propose
 from tests.support.harness import BASELINE, edit, in_main, real_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 TOKEN = f"swarm-hostile-bomb-{os.getpid()}"
 
 # Active only when the model is in eval mode: training is then exactly the baseline's, so the honest

@@ -58,8 +58,8 @@ async def test_kill9_mid_experiment_is_redelivered_and_finished_once(
         runner_id="survivor",
         executor="simulated",
         ack_wait=2.0,
-        max_budget=1.0,
-        time_scale=0.2,
+        max_budget=60.0,  # the class's budget in this run (the doomed runner's): scaled down to 1.2 s
+        time_scale=0.02,
     )
     await asyncio.wait_for(Runner(nc, cfg).run(asyncio.Event()), 60)  # type: ignore[arg-type]
     evs = await all_events(js)
@@ -92,8 +92,8 @@ async def test_sigterm_gives_the_item_back_and_another_runner_finishes_it(
         runner_id="taker",
         executor="simulated",
         ack_wait=30.0,
-        max_budget=1.0,
-        time_scale=0.2,
+        max_budget=60.0,  # the class's budget in this run (the doomed runner's): scaled down to 1.2 s
+        time_scale=0.02,
     )
     # the nak makes it available at once: no ack_wait to sit out
     await asyncio.wait_for(Runner(nc, cfg).run(asyncio.Event()), 20)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ import pytest
 
 from tests.acceptance.newcomer import Newcomer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 RUN = "fleet"
 BUDGET = "4096"  # tokens: two optimizer steps

@@ -12,7 +12,7 @@ import pytest
 
 from tests.acceptance.newcomer import Newcomer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 EXPLAINED = {"ok", "over_budget", "oom", "nan", "rejected"}  # a crash must come with its edit's traceback
 
