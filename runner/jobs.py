@@ -108,6 +108,14 @@ def remove_job(job: Job) -> None:
         shutil.rmtree(job.state["sock_dir"], ignore_errors=True)
 
 
+def harness_env(config: RunnerConfig) -> dict[str, str]:
+    """Where a step imports the harness from: the runner's own copy (the directory holding the ``harness``
+    package this runner imported). Only that package is mounted from there, so nothing else of it imports."""
+    if config.executor == "docker" and not Path(config.docker_python).is_absolute():
+        return {}  # the image's own installation
+    return {"PYTHONPATH": str(Path(harness.__file__).resolve().parent.parent)}
+
+
 def interpreter(config: RunnerConfig) -> tuple[str, list[Mount]]:
     """The interpreter a step runs and what must be mounted for it: for the process executor (or a docker
     executor told to use this host's interpreter, as the tests do) the interpreter's installation, the venv
@@ -140,6 +148,7 @@ def _base_env(config: RunnerConfig, node: NodeData, job: Job, gpu: str | None, p
         "SWARM_PROFILE": node.profile,
         "SWARM_DATA_DIR": str(node.data_view),
         "CUDA_VISIBLE_DEVICES": gpu or "",
+        **harness_env(config),
     }
     if config.threads:
         env.update(dict.fromkeys(THREAD_VARS, str(config.threads)))

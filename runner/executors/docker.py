@@ -128,9 +128,12 @@ class DockerExecutor:
         logf.write((step.header or f"[runner] step {step.name}") + " (isolation=docker)\n")
         logf.flush()
 
+        streams: list[Any] = []  # the log stream, closed at the end whatever the reader did
+
         def pump() -> None:
             buf = b""
-            for data in c.logs(stream=True, follow=True, stdout=True, stderr=True):
+            streams.append(c.logs(stream=True, follow=True, stdout=True, stderr=True))
+            for data in streams[0]:
                 buf += data
                 while b"\n" in buf:
                     raw, buf = buf.split(b"\n", 1)
@@ -157,6 +160,9 @@ class DockerExecutor:
                 await asyncio.to_thread(c.kill)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(reader, 10)
+            for stream in streams:
+                with contextlib.suppress(Exception):
+                    stream.close()
             if timed_out:
                 logf.write(f"\n[runner] killed: hard time limit of {step.timeout:.0f} s reached\n")
             logf.close()
