@@ -26,7 +26,7 @@ from runner.__main__ import parse_args
 from runner.config import RunnerConfig
 from swarmcli.deploy import deploy, render_compose
 from tests.conftest import skip_or_fail
-from tests.docker_helpers import docker_image_or_skip
+from tests.support.engine import docker_image_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "k8s"

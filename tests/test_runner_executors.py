@@ -6,10 +6,8 @@ Docker tests skip locally without an engine and fail in CI (tests/conftest.skip_
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import sys
-import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,38 +23,10 @@ from runner.executors.steps import Isolator, Limits, Mount, Step
 from runner.jobs import interpreter
 from tests.conftest import skip_or_fail
 from tests.support.bus import all_events, finished, propose
+from tests.support.engine import docker_image_or_skip
 from tests.support.harness import BASELINE, in_main, real_config
 
-DOCKER_TEST_IMAGE = "swarm-runner-test:tiny"
 SYSTEM_MOUNTS = ("/usr/lib", "/usr/lib64", "/usr/bin", "/usr/share/zoneinfo")
-
-
-def docker_image_or_skip() -> str:
-    """An image imported from an empty tar; the host's /usr, interpreter and venv are bind-mounted read-only."""
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-    except Exception as e:
-        skip_or_fail(f"no Docker engine ({e})")
-        raise AssertionError("unreachable") from e
-    try:
-        client.images.get(DOCKER_TEST_IMAGE)
-    except docker.errors.ImageNotFound:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:  # a tiny root: the usual symlinks, empty dirs
-            for name, target in (("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin")):
-                info = tarfile.TarInfo(name)
-                info.type, info.linkname = tarfile.SYMTYPE, target
-                tar.addfile(info)
-            for name in ("usr", "tmp", "dev", "proc", "sys", "etc"):
-                info = tarfile.TarInfo(name)
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-        client.api.import_image_from_data(buf.getvalue(), repository=DOCKER_TEST_IMAGE.split(":")[0], tag="tiny")
-    client.close()
-    return DOCKER_TEST_IMAGE
 
 
 @pytest.fixture(params=["process", "docker"])

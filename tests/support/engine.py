@@ -13,12 +13,15 @@ DOCKER_TEST_IMAGE = "swarm-runner-test:tiny"
 def docker_image_or_skip() -> str:
     """An image imported from an empty tar (the usual symlinks and empty dirs); skips without an engine
     (fails in CI)."""
-    try:
-        import docker
+    import docker
 
+    client = None
+    try:
         client = docker.from_env()
         client.ping()
     except Exception as e:
+        if client is not None:
+            client.close()  # a client that found no engine still holds its socket
         skip_or_fail(f"no Docker engine ({e})")
         raise AssertionError("unreachable") from e
     try:
