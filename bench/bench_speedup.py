@@ -56,10 +56,13 @@ SIM_HOUR = 3600.0
 
 @dataclass
 class Outcome:
-    """One run: (simulated seconds since the agent started, noise-free val_bpb) of each ok result."""
+    """One run: (simulated seconds since the agent started, noise-free val_bpb, round) of each ok result. A
+    round is one experiment's duration: with one runner a result's place in the runner's queue (baselines
+    included), with many the agent's wave that proposed it (its first wave runs beside the baselines)."""
 
-    points: list[tuple[float, float]] = field(default_factory=list)
+    points: list[tuple[float, float, int]] = field(default_factory=list)
     reached: float | None = None  # simulated seconds at which the target was reached
+    reached_round: int | None = None
     experiments: int = 0
     wall: float = 0.0
     llm_calls: int = 0
@@ -115,6 +118,13 @@ async def one_run(agent: str, seed: int, runners: int, experiments: int, *, time
                 llm = stack.enter_context(FakeLlmServer(responder=respond, keep_requests=False))
                 spec = f"claude:researcher@{llm.url}"
                 kw["api_key"] = "loopback"
+            waves: list[float] = []  # when each of the agent's waves was published
+
+            def on_wave(r: Any) -> None:
+                if r.proposed or r.repeats:
+                    waves.append(time.time())
+
+            kw["report"] = on_wave
             t0 = time.time()
             name = f"{agent}-s{seed}"  # the researcher's taste (its exploration order) follows its name
             task = asyncio.create_task(run_agent_spec(
@@ -127,21 +137,22 @@ async def one_run(agent: str, seed: int, runners: int, experiments: int, *, time
             def sim(ts: float) -> float:
                 return (ts - t0) / time_scale
 
-            def ok_points() -> list[tuple[float, float]]:
+            def ok_points() -> list[tuple[float, float, int]]:
                 pts = []
-                for h in tail.finish_order:
+                for i, h in enumerate(tail.finish_order):
                     p, f = tail.proposals.get(h), tail.finished[h]
                     if p is None or p.agent != name or f.status != "ok" or BASELINE_TAG in p.tags:
                         continue
                     true = landscape.run(p.train_py, CLASS, BUDGET).val_bpb
                     if true is not None:
-                        pts.append((sim(f.ts), true))
+                        rnd = i + 1 if runners == 1 else 1 + sum(1 for w in waves if w < p.ts)
+                        pts.append((sim(f.ts), true, rnd))
                 return pts
 
             def done() -> bool:
                 if task.done():
                     return True
-                if target is not None and any(v <= target + 1e-12 for _, v in ok_points()):
+                if target is not None and any(v <= target + 1e-12 for _, v, _ in ok_points()):
                     return True
                 return sim(time.time()) > cap_sim_hours * SIM_HOUR
 
@@ -153,7 +164,8 @@ async def one_run(agent: str, seed: int, runners: int, experiments: int, *, time
             out.experiments = stats.proposed
             out.llm_calls = stats.llm_calls
             if target is not None:
-                out.reached = next((t for t, v in out.points if v <= target + 1e-12), None)
+                first = next(((t, r) for t, v, r in out.points if v <= target + 1e-12), None)
+                out.reached, out.reached_round = first if first else (None, None)
         finally:
             await tail.stop()
             fleet.send_signal(signal.SIGTERM)
@@ -177,29 +189,36 @@ def spread(xs: list[float]) -> str:
 
 async def bench(agents: list[str], seeds: int, experiments: int, many: int, time_scale: float) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    print(f"{'agent':<11} {'seed':>4} | {'target':>7} | {'t1 (sim h)':>10} {'n1':>4} | {'t16 (sim h)':>11} {'n16':>4} | speed-up")
+    print(f"{'agent':<11} {'seed':>4} | {'target':>7} | {'t1 (sim h)':>10} {'n1':>4} | {'t16 (sim h)':>11} {'n16':>4} | "
+          f"speed-up | rounds 1 vs many | in rounds")  # fmt: skip
     for agent in agents:
-        ratios = []
+        ratios: list[float] = []
+        by_rounds: list[float] = []
         rows = []
         for seed in range(seeds):
             one = await one_run(agent, seed, 1, experiments, time_scale=time_scale)
             if not one.points:
                 print(f"{agent:<11} {seed:>4} | the 1-runner run had no ok result")
                 continue
-            target = min(v for _, v in one.points)
-            t1 = next(t for t, v in one.points if v <= target)
+            target = min(v for _, v, _ in one.points)
+            t1, r1 = next((t, r) for t, v, r in one.points if v <= target)
             par = await one_run(agent, seed, many, experiments * 4, time_scale=time_scale, target=target)
-            t16 = par.reached
+            t16, r16 = par.reached, par.reached_round
             ratio = t1 / t16 if t16 else 0.0
+            rratio = r1 / r16 if r16 else 0.0
             if t16:
                 ratios.append(ratio)
+                by_rounds.append(rratio)
             rows.append({"seed": seed, "target": target, "t1": t1, "t16": t16, "n1": one.experiments,
-                         "n16": par.experiments, "speedup": ratio})  # fmt: skip
+                         "n16": par.experiments, "speedup": ratio, "rounds1": r1, "rounds16": r16,
+                         "speedup_rounds": rratio})  # fmt: skip
             print(f"{agent:<11} {seed:>4} | {target:.4f} | {t1 / SIM_HOUR:>10.2f} {one.experiments:>4} | "
                   f"{(t16 or float('nan')) / SIM_HOUR:>11.2f} {par.experiments:>4} | "
-                  + (f"{ratio:.1f}×" if t16 else "not reached"), flush=True)  # fmt: skip
-        print(f"{agent}: speed-up at {many} runners {spread(ratios)} over {len(ratios)} seeds (goal ≥ 12×)")
-        results[agent] = {"runs": rows, "mean": statistics.fmean(ratios) if ratios else None}
+                  + (f"{ratio:>7.1f}× | {r1:>6} vs {r16:<6} | {rratio:.1f}×" if t16 else "not reached"), flush=True)  # fmt: skip
+        print(f"{agent}: speed-up at {many} runners {spread(ratios)} over {len(ratios)} seeds (goal ≥ 12×); "
+              f"in rounds (agent time not counted) {spread(by_rounds)}")  # fmt: skip
+        results[agent] = {"runs": rows, "mean": statistics.fmean(ratios) if ratios else None,
+                          "mean_rounds": statistics.fmean(by_rounds) if by_rounds else None}
     return results
 
 
