@@ -27,7 +27,7 @@ def wave_size(cfg: AgentConfig, tail: RunTail, reply: ContextReply, stats: Agent
     agent keeps a foot in the queue), within ``max_wave``, the experiments left and the fair share."""
     # the ledger's projection can lag the stream by a batch; the local view is current, so take the
     # larger of each (more runners seen, more work pending)
-    local_pending = sum(1 for h in tail.proposals if h not in tail.finished)
+    local_pending = len(tail.unfinished)
     runners = max(reply.runners_online, len(tail.runners))
     pending = max(reply.pending, local_pending)
     free = runners - pending

@@ -9,14 +9,13 @@ and formatting do not make a new experiment).
 
 from __future__ import annotations
 
-import ast
 import difflib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents.errors import ValidationError
-from bus.trainpy import ast_sha256, contract_problems, parse_knobs, sha256
+from bus.trainpy import ast_sha256, contract_problems, parse, parse_knobs, sha256
 
 TRAIN_PY = "train.py"
 MAX_SOURCE_BYTES = 256 * 1024
@@ -130,7 +129,7 @@ def validate_source(source: str, parent: str, *, max_bytes: int = MAX_SOURCE_BYT
     if parent_runs and knob_lines_only(parent, source):
         return Validated(source, sha256(source), ast_sha256(source), unified_diff(parent, source))
     try:
-        tree = ast.parse(source, filename=TRAIN_PY)
+        tree = parse(source, filename=TRAIN_PY)
     except SyntaxError as e:
         raise ValidationError(f"train.py does not parse: line {e.lineno}: {e.msg}: {(e.text or '').strip()}") from e
     try:

@@ -484,12 +484,22 @@ class Agent:
         ids = set(self.outstanding)
         if not ids:
             return
-        need = max(1, math.ceil(len(ids) * (self.cfg.wave_quorum if quorum is None else quorum)))
+        q = self.cfg.wave_quorum if quorum is None else quorum
+        need = max(1, math.ceil(len(ids) * q))
 
         def enough() -> bool:
-            return self.stop.is_set() or len(ids & self.tail.finished.keys()) >= need
+            if self.stop.is_set():
+                return True
+            done = len(ids & self.tail.finished.keys())
+            # rolling waves (quorum < 1) also refill a runner that waits with nothing queued as soon as one
+            # of ours finished: with many runners, waiting for a quorum left a third of the fleet idle
+            return done >= need or (q < 1.0 and done > 0 and self.idle_runners() > 0)
 
         await self.tail.wait_until(enough, self.cfg.wave_timeout)
+
+    def idle_runners(self) -> int:
+        """Runners this agent sees online less the hypotheses (anyone's) not finished yet."""
+        return len(self.tail.runners) - len(self.tail.unfinished)
 
     async def decide_finished(self) -> None:
         """Have the judge decide every own hypothesis that finished; summarise the wave for knob agents."""

@@ -54,6 +54,7 @@ class RunTail:
         self.run = run
         self.proposals: dict[str, HypothesisProposed] = {}
         self.finished: dict[str, ExperimentFinished] = {}  # the result of each hypothesis (bus.results)
+        self.unfinished: set[str] = set()  # proposed, no result yet (anyone's): the queue and the work in flight
         self.fold = ResultFold()
         self.decided: dict[str, HypothesisDecided] = {}
         self.demoted: dict[str, HypothesisDemoted] = {}
@@ -112,6 +113,8 @@ class RunTail:
                 if ev.hypothesis_id in self.proposals:
                     return
                 self.proposals[ev.hypothesis_id] = ev
+                if ev.hypothesis_id not in self.finished:
+                    self.unfinished.add(ev.hypothesis_id)
                 if REPEAT_TAG in ev.tags:
                     self.repeats.setdefault(ev.parent, []).append(ev.hypothesis_id)
                 if BASELINE_TAG not in ev.tags and not any(t in ev.tags for t in RERUN_TAGS):
@@ -119,6 +122,7 @@ class RunTail:
             case ExperimentFinished():
                 if self.fold.finish(ev) == "result":  # the one rule of what counts (bus.results)
                     self.finished[ev.hypothesis_id] = ev
+                    self.unfinished.discard(ev.hypothesis_id)
                     self.finish_order.append(ev.hypothesis_id)
             case ExperimentClaimed():
                 self.fold.claim(ev)
@@ -263,7 +267,7 @@ class RunTail:
             for n in self.notes
             if n.ts > notes_since_ts
         ]
-        pending = sum(1 for h in self.proposals if h not in self.finished)
+        pending = len(self.unfinished)
         return ContextReply(
             best=best,
             recent=recent,

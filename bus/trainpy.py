@@ -37,6 +37,7 @@ import ast
 import hashlib
 import operator
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -171,10 +172,20 @@ def stmt_problem(node: ast.stmt, *, in_class: bool = False) -> str | None:
     return f"line {line}: top-level {kind} does work at import time"
 
 
+_PARSE_LOCK = threading.Lock()
+
+
+def parse(source: str, filename: str = "train.py") -> ast.Module:
+    """``ast.parse``, one thread at a time: CPython 3.11's AST conversion is not thread-safe ("SystemError:
+    AST constructor recursion depth mismatch" when a fleet's runners checked train.py in threads at once)."""
+    with _PARSE_LOCK:
+        return ast.parse(source, filename=filename)
+
+
 def module_level_problems(source: str) -> list[tuple[ast.stmt, str]]:
     """Each top-level statement of ``source`` that does more than define, with what is wrong.
     Raises SyntaxError if it does not parse."""
-    tree = ast.parse(source, filename="train.py")
+    tree = parse(source)
     return [(node, why) for node in tree.body if (why := stmt_problem(node)) is not None]
 
 
@@ -185,7 +196,7 @@ def sha256(source: str) -> str:
 
 def ast_sha256(source: str) -> str:
     """sha256 of the normalised AST: comments, blank lines, quotes and layout do not change it."""
-    tree = ast.parse(source)
+    tree = parse(source)
     return hashlib.sha256(
         ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
     ).hexdigest()
@@ -202,7 +213,7 @@ def contract_problems(source: str) -> list[str]:
         + why
         for _, why in problems
     ]
-    tree = ast.parse(source)
+    tree = parse(source)
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
     if "build_model" not in defined:
         out.append("train.py defines no module-level build_model(config): the evaluation needs it")
@@ -252,7 +263,7 @@ def parse_knobs(source: str) -> dict[str, Knob]:
     """Every module-level ``UPPER_CASE = <literal>`` (or ``UPPER_CASE: T = <literal>``) on a single line, in
     file order. A knob is edited by rewriting only its value's characters on that line. Raises SyntaxError
     if the source does not parse."""
-    tree = ast.parse(source)
+    tree = parse(source)
     lines = source.splitlines()
     knobs: dict[str, Knob] = {}
     for node in tree.body:

@@ -2,8 +2,11 @@
 ``any``), claim what arrives (ExperimentClaimed with the attempt = delivery count), hold it under a lease
 renewed with ``in_progress()``, and give it back (nak) or finish it (ack).
 
-Every consumer gets its own long-poll; whatever arrives is claimed and held, and the most specific class
-wins. Extra items stay in the buffer (at most one per consumer), so an item fetched ahead is never lost.
+Every consumer gets its own long-poll while the runner waits for work; the first item to arrive is claimed
+(the most specific class when several arrive at once). An item that arrives when the runner already has
+one (another consumer's long-poll was still open) is given back at once (nak, no delay), so an idle runner
+takes it instead of it waiting a whole experiment here; only an item that could not be redelivered again
+(one delivery short of ``max_deliver``) is claimed and held instead, so nothing is lost either way.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class Intake:
         self.claims: set[tuple[str, int]] = set()
         self._fetches: dict[str, asyncio.Task[Any]] = {}
         self._pending_claims: set[asyncio.Task[None]] = set()
+        self._waiting = False  # inside acquire(): an arriving item is wanted
+        self._claiming = 0  # claims being published (their items are not in the buffer yet)
+        self.given_back = 0  # items that arrived while this runner had one, handed back to the queue
 
     async def subscribe(self, js: JetStreamContext) -> None:
         cfg = self.config
@@ -83,23 +89,32 @@ class Intake:
 
     async def acquire(self, *stops: asyncio.Event) -> Item | None:
         """The best held item, or None once a whole fetch round (every consumer) found nothing, or on stop."""
+        self._waiting = True
+        try:
+            return await self._acquire(stops)
+        finally:
+            self._waiting = False
+
+    async def _acquire(self, stops: tuple[asyncio.Event, ...]) -> Item | None:
         started = False
         while not self.buffer and not any(e.is_set() for e in stops):
             if not started:
                 for cls, psub in self.subs:
                     if cls not in self._fetches:
                         task = asyncio.create_task(self._fetch_one(psub, self._fetch_timeout()))
-                        # an item a fetch delivers while the runner is busy (the other consumers' long-polls
-                        # stay open) is claimed at once: unclaimed, its lease would lapse and the server
-                        # would hand it to a second runner
+                        # an item a fetch delivers after this runner got one (the other consumers' long-polls
+                        # stay open) is handled at once: given back, never left unclaimed to lapse
                         task.add_done_callback(self._claim_soon)
                         self._fetches[cls] = task
                 started = True
-            if not self._fetches:
+            if not self._fetches and not self._pending_claims:
                 break  # a full round came back empty
             stoppers = [asyncio.create_task(e.wait()) for e in stops]
             try:
-                await asyncio.wait([*self._fetches.values(), *stoppers], return_when=asyncio.FIRST_COMPLETED)
+                # a fetch's own callback may be claiming what it delivered: wait for that claim too (waiting
+                # only for the other consumers' long-polls held a claimed item here for a whole fetch timeout)
+                await asyncio.wait([*self._fetches.values(), *self._pending_claims, *stoppers],
+                                   return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for t in stoppers:
                     t.cancel()
@@ -118,17 +133,32 @@ class Intake:
             t.add_done_callback(self._pending_claims.discard)
 
     async def _collect(self) -> None:
-        for cls in [c for c, t in self._fetches.items() if t.done()]:
+        order = {c: i for i, (c, _) in enumerate(self.subs)}
+        for cls in sorted((c for c, t in self._fetches.items() if t.done()), key=lambda c: order.get(c, 99)):
             task = self._fetches.pop(cls)
             try:
                 msg = task.result()
             except Exception as e:  # a failed fetch (reconnecting...) is retried next round
                 log.warning("fetch on %s failed: %s", cls, e)
                 continue
-            if msg is not None:
+            if msg is None:
+                continue
+            limit = self.config.max_deliver
+            wanted = self._waiting and not self.buffer and not self._claiming
+            if not wanted and (limit <= 0 or msg.metadata.num_delivered < limit - 1):
+                try:
+                    await msg.nak()
+                    self.given_back += 1
+                    continue
+                except Exception as e:  # not given back: claim and hold it rather than let it lapse
+                    log.warning("giving back an item that arrived while busy failed: %s", e)
+            self._claiming += 1
+            try:
                 item = await self._claim(msg, cls)
-                if item is not None:
-                    self.buffer.append(item)
+            finally:
+                self._claiming -= 1
+            if item is not None:
+                self.buffer.append(item)
 
     async def _claim(self, msg: Any, cls: str) -> Item | None:
         lease = Lease(msg, self.nc, self.config.ack_wait)
