@@ -51,6 +51,8 @@ class Host(Protocol):
 
     def buffer(self, ev: object) -> None: ...
 
+    def sees(self, agent: str) -> bool: ...
+
     def note(self, title: str, body: str, refs: list[str]) -> Awaitable[None]: ...
 
 
@@ -113,14 +115,19 @@ class Audits:
         self.done: set[tuple[str, int]] = set()  # (champion, keeps on its class) audited
         self.audited_keeps: dict[str, int] = {}  # class -> keeps counted at its last audit
 
+    def kept(self) -> list[str]:
+        """The kept hypotheses this agent may build on (an isolated agent: its own only)."""
+        tail = self.host.tail
+        return [h for h in tail.decided if tail.kept(h) and (p := tail.proposals.get(h)) is not None
+                and self.host.sees(p.agent)]  # fmt: skip
+
     def keeps_on(self, cls: str) -> int:
         tail = self.host.tail
-        return sum(1 for h in tail.decided if tail.kept(h) and tail.ran_on(h) == cls)
+        return sum(1 for h in self.kept() if tail.ran_on(h) == cls)
 
     def champion(self, cls: str) -> str | None:
         tail = self.host.tail
-        kept = [(v, h) for h in tail.decided if tail.kept(h) and tail.ran_on(h) == cls
-                and (v := tail.ok_val(h)) is not None]  # fmt: skip
+        kept = [(v, h) for h in self.kept() if tail.ran_on(h) == cls and (v := tail.ok_val(h)) is not None]
         return min(kept)[1] if kept else None
 
     def due(self) -> list[str]:
@@ -128,7 +135,7 @@ class Audits:
         every = self.host.cfg.audit_every
         if not every:
             return []
-        classes = {self.host.tail.ran_on(h) for h in self.host.tail.decided if self.host.tail.kept(h)}
+        classes = {self.host.tail.ran_on(h) for h in self.kept()}
         out = []
         for cls in sorted(classes):
             n = self.keeps_on(cls)

@@ -321,10 +321,13 @@ class Agent:
         self.stats.waves += 1
         repeats = self.publish_repeats(k)
         repeats += self.promotions.publish(k - repeats)
-        for cls in self.audits.due():  # audits ride along: a few runs, outside the wave's size
+        for cls in self.audits.due():  # audits take places of the wave (fair share counts them too)
+            if k - repeats <= 0:
+                break
             for ev in await self.audits.start(cls):
                 self.outstanding[ev.hypothesis_id] = ev
                 self.stats.proposed += 1
+                repeats += 1
         await self.flush()  # repeats were decided before this wave: out before the model is asked
         k -= repeats
         if k <= 0:

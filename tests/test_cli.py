@@ -186,7 +186,7 @@ def test_up_fair_share_and_isolated_agents(tmp_path: Path) -> None:
         "SELECT h.agent, p.agent FROM hypotheses h JOIN hypotheses p ON p.hypothesis_id = h.parent "
         "WHERE h.run = 'fair' AND h.agent <> 'baseline'",
     )
-    assert rows and all(child == parent for child, parent in rows), rows
+    assert rows and all(child == parent for child, parent in rows), [r for r in rows if r[0] != r[1]]
 
 
 def test_up_secure_writes_per_role_users_and_runs_under_them(tmp_path: Path) -> None:

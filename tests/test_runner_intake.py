@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 
 from bus.events import Hardware
 from runner.intake import Intake
-from tests.support.bus import propose
+from tests.support.bus import poll, propose
 from tests.support.sim import sim_config
 
 SRC = "def build_model(config):\n    return None\n"
@@ -64,11 +64,10 @@ async def test_an_item_on_its_last_delivery_is_held_not_given_back(
     first = await asyncio.wait_for(got, 5.0)
     assert first is not None and first.hyp.hypothesis_id == h1.hypothesis_id
     # the any item arrives on the still-open long-poll: claimed and held (lease kept), given back to no one
-    async def held() -> None:
-        while not a.buffer:
-            await asyncio.sleep(0.05)
+    async def held() -> bool:
+        return bool(a.buffer)
 
-    await asyncio.wait_for(held(), 10.0)
+    await poll("the second item held", held, timeout=10.0)
     assert a.given_back == 0 and a.buffer[0].hyp.hypothesis_id == h2.hypothesis_id
     second = await a.acquire()
     assert second is not None and second.hyp.hypothesis_id == h2.hypothesis_id

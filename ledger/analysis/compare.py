@@ -143,7 +143,7 @@ def compare(
         WITH h AS (SELECT * FROM hypotheses
                    QUALIFY row_number() OVER (PARTITION BY run, hypothesis_id ORDER BY seq) = 1)
         SELECT {hkey} AS grp,
-            h.run, coalesce(nullif(r.hw_class, ''), h.hw_class) AS hw_class, sum(r.total_seconds) AS secs
+            h.run, coalesce(nullif(r.hw_class, ''), h.hw_class) AS hw_class, fsum(r.total_seconds) AS secs
         FROM results r JOIN h ON h.run = r.run AND h.hypothesis_id = r.hypothesis_id
         WHERE list_contains($1, r.run) AND r.disposition <> 'unclaimed' AND h.agent <> '{BASELINE_AGENT}'
             AND NOT list_contains(coalesce(h.tags, []), '{BASELINE_TAG}')
@@ -176,7 +176,9 @@ def compare(
     for g in gpu:
         k = (g["grp"], g["run"], g["hw_class"] or "")
         gpu_by[k] = gpu_by.get(k, 0.0) + float(g["secs"] or 0.0)
-    total_gpu = sum(gpu_by.values())
+    # seconds are recorded to the millisecond; summed exactly and rounded, the figures do not depend on the
+    # order rows come back in (the ledger's answer over the bus equals a fresh projection's)
+    total_gpu = round(math.fsum(gpu_by.values()), 3)
     cost_by = {c["grp"]: float(c["usd"] or 0.0) for c in cost}
     classes = sorted({e["ran_on"] for e in exps if e["ran_on"]} | {k[2] for k in gpu_by if k[2]})
 
@@ -188,7 +190,7 @@ def compare(
         crashes = len(finished) - len(ok)
         keeps = sum(1 for e in rows if e["decision"] == "keep")
         improvements = sum(1 for e in rows if (e["run"], e["hypothesis_id"]) in improving)
-        secs = sum(v for k, v in gpu_by.items() if k[0] == name)
+        secs = round(math.fsum(v for k, v in gpu_by.items() if k[0] == name), 3)
         usd = cost_by.get(name, 0.0)
         gr = GroupResult(
             name=name, agents=sorted({e["agent"] for e in rows}), runs=sorted({e["run"] for e in rows}),
@@ -207,7 +209,7 @@ def _class_result(name: str, cls: str, rows: list[dict[str, Any]], gpu_by: dict[
                   base: dict[tuple[str, str], float | None], run_list: list[str]) -> ClassResult:  # fmt: skip
     on = [e for e in rows if e["ran_on"] == cls]
     oks = [e for e in on if e["status"] == "ok" and e["val_bpb"] is not None]
-    secs = sum(v for k, v in gpu_by.items() if k[0] == name and k[2] == cls)
+    secs = round(math.fsum(v for k, v in gpu_by.items() if k[0] == name and k[2] == cls), 3)
     per_run: dict[str, dict[str, Any]] = {}
     for e in oks:
         if REPEAT_TAG in e["tags"]:
