@@ -237,3 +237,42 @@ def test_cli_report_png_and_json(fixture_db: Path, tmp_path: Path) -> None:
     assert doc["schema"] == "swarm.report/1" and doc["run"] == "run-b" and doc["html"] == str(out)
     assert out.exists() and len(doc["png"]) == 6 and all(Path(p).exists() for p in doc["png"])
     assert doc["counts"]["hypotheses"] > 0 and set(doc["classes"]) == {"cpu", "h100"}
+
+
+def test_promotions_show_whether_a_ranking_transferred(tmp_path: Path) -> None:
+    """A screen win on h100 re-run on h200 (the validate class): the report says per promotion whether it
+    was kept there, next to the per-class bests."""
+    evs: list[ev.Event] = [
+        ev.RunnerJoined(run="p", source=c, runner=c, hardware=ev.Hardware(hw_class=c)) for c in ("h100", "h200")
+    ]
+
+    def run(hid: str, cls: str, val: float, decision: str, *, parent: str = "", tags: list[str] | None = None,
+            desc: str = "") -> list[ev.Event]:
+        return [
+            ev.HypothesisProposed(run="p", source="a", hypothesis_id=hid, agent="a", train_py=BASE_TRAIN_PY + f"# {hid}\n",
+                                  train_py_sha256=sha256(BASE_TRAIN_PY + f"# {hid}\n"), hw_class=cls, parent=parent,
+                                  tags=tags or [], description=desc, tier="validate" if tags else "screen"),
+            ev.ExperimentClaimed(run="p", source=cls, hypothesis_id=hid, attempt=1, runner=cls,
+                                 hardware=ev.Hardware(hw_class=cls)),
+            ev.ExperimentFinished(run="p", source=cls, hypothesis_id=hid, attempt=1, runner=cls, status="ok",
+                                  val_bpb=val, total_seconds=300.0, hw_class=cls),
+            ev.HypothesisDecided(run="p", source="a", hypothesis_id=hid, decision=decision, by="a"),
+        ]  # fmt: skip
+
+    evs += run("wide", "h100", 0.990, "keep", desc="ASPECT_RATIO=96")
+    evs += run("wide-v", "h200", 0.985, "keep", parent="wide", tags=[ev.PROMOTION_TAG])
+    evs += run("lrfrac", "h100", 0.991, "keep", desc="FINAL_LR_FRAC=0.03")
+    evs += run("lrfrac-v", "h200", 0.999, "discard", parent="lrfrac", tags=[ev.PROMOTION_TAG])
+    db = tmp_path / "p.duckdb"
+    build_ledger(db, evs)
+    con = open_ledger(db)
+    page = write_report(con, tmp_path / "p.html").read_text()
+    con.close()
+    section = page.split("Screen → validate promotions", 1)[1].split("<h2", 1)[0]
+    rows = section.split("<tr>")[2:]
+    assert len(rows) == 2, section
+    wide = next(r for r in rows if "ASPECT_RATIO=96" in r)
+    lrfrac = next(r for r in rows if "FINAL_LR_FRAC=0.03" in r)
+    assert "h100 0.9900" in wide and "h200 0.9850" in wide and "transferred" in wide
+    assert "h100 0.9910" in lrfrac and "h200 0.9990" in lrfrac and "did not transfer" in lrfrac
+    assert "h200" in page.split("Screen → validate promotions", 1)[0]  # the per-class bests come first

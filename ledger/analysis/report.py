@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 
+from bus.events import PROMOTION_TAG
 from ledger.analysis.figures import best_so_far_figure, duty_figure, progress_figure, rates_figure, svg
 from ledger.analysis.rundata import BASELINE_AGENT, RunData, latest_run, load_run
 
@@ -207,6 +208,11 @@ def render_report(con: duckdb.DuckDBPyConnection, run: str | None) -> str:
     else:
         parts.append("<p class='empty'>No finished agent experiments yet.</p>")
 
+    promotions = _promotions_section(d)
+    if promotions:
+        parts.append("<h2 id='promotions'>Screen → validate promotions</h2>")
+        parts.append(promotions)
+
     parts.append("<h2 id='runners'>Runner duty cycle</h2>")
     parts.append(_runners_section(d))
 
@@ -244,6 +250,30 @@ def render_report(con: duckdb.DuckDBPyConnection, run: str | None) -> str:
     else:
         parts.append("<p class='empty'>No notes yet.</p>")
     return _page(run, "\n".join(parts))
+
+
+def _promotions_section(d: RunData) -> str:
+    """Each screen-class win re-run on the validate class: whether its ranking transferred."""
+    by_id = {e["hypothesis_id"]: e for e in d.exps}
+    out = []
+    for e in d.exps:
+        if PROMOTION_TAG not in (e.get("tags") or []):
+            continue
+        screen = by_id.get(e["parent"] or "")
+        if e["decision"] == "keep":
+            verdict = "transferred: kept on the validate class"
+        elif e["decision"] is not None:
+            verdict = "did not transfer"
+        else:
+            verdict = "pending" if e["status"] is None else f"no decision ({e['status']})"
+        out.append([
+            e["agent"] or "", (screen or {}).get("description") or e["description"] or "",
+            f"{(screen or {}).get('ran_on') or '?'} {_f((screen or {}).get('val_bpb'))}",
+            f"{e['ran_on'] or e['hw_class'] or '?'} {_f(e['val_bpb'])}", verdict, e["hypothesis_id"],
+        ])  # fmt: skip
+    if not out:
+        return ""
+    return _table(["agent", "edit", "screen class, val_bpb", "validate class, val_bpb", "ranking", "hypothesis"], out)
 
 
 def _runners_section(d: RunData) -> str:
