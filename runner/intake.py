@@ -64,6 +64,7 @@ class Intake:
         self._waiting = False  # inside acquire(): an arriving item is wanted
         self._claiming = 0  # claims being published (their items are not in the buffer yet)
         self.given_back = 0  # items that arrived while this runner had one, handed back to the queue
+        self._rank = {c: i for i, c in enumerate(classes)}  # the most specific class first
 
     async def subscribe(self, js: JetStreamContext) -> None:
         cfg = self.config
@@ -123,8 +124,7 @@ class Intake:
             await self._collect()
         if not self.buffer:
             return None
-        order = {c: i for i, (c, _) in enumerate(self.subs)}
-        self.buffer.sort(key=lambda it: (order.get(it.cls, 99), it.stream_seq))
+        self.buffer.sort(key=lambda it: (self._rank.get(it.cls, 99), it.stream_seq))
         return self.buffer.pop(0)
 
     def _claim_soon(self, task: asyncio.Task[Any]) -> None:
@@ -133,8 +133,7 @@ class Intake:
             t.add_done_callback(self._pending_claims.discard)
 
     async def _collect(self) -> None:
-        order = {c: i for i, (c, _) in enumerate(self.subs)}
-        for cls in sorted((c for c, t in self._fetches.items() if t.done()), key=lambda c: order.get(c, 99)):
+        for cls in sorted((c for c, t in self._fetches.items() if t.done()), key=lambda c: self._rank.get(c, 99)):
             task = self._fetches.pop(cls)
             try:
                 msg = task.result()

@@ -259,7 +259,7 @@ def _promotions_section(d: RunData) -> str:
     for e in d.exps:
         if PROMOTION_TAG not in (e.get("tags") or []):
             continue
-        screen = by_id.get(e["parent"] or "")
+        screen = by_id.get(e["parent"] or "") or {}
         if e["decision"] == "keep":
             verdict = "transferred: kept on the validate class"
         elif e["decision"] is not None:
@@ -267,8 +267,8 @@ def _promotions_section(d: RunData) -> str:
         else:
             verdict = "pending" if e["status"] is None else f"no decision ({e['status']})"
         out.append([
-            e["agent"] or "", (screen or {}).get("description") or e["description"] or "",
-            f"{(screen or {}).get('ran_on') or '?'} {_f((screen or {}).get('val_bpb'))}",
+            e["agent"] or "", screen.get("description") or e["description"] or "",
+            f"{screen.get('ran_on') or '?'} {_f(screen.get('val_bpb'))}",
             f"{e['ran_on'] or e['hw_class'] or '?'} {_f(e['val_bpb'])}", verdict, e["hypothesis_id"],
         ])  # fmt: skip
     if not out:
