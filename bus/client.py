@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -29,6 +30,28 @@ from bus.events import Event, encode
 log = logging.getLogger("swarm.bus")
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+
+T = TypeVar("T")
+
+#: What a JetStream API request raises when the server is briefly away (paused, restarting, overloaded):
+#: no answer in time, no responders (503), or "service unavailable". Worth asking again.
+TRANSIENT = (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)
+
+
+async def retrying(what: str, call: Callable[[], Awaitable[T]], attempts: int = 7) -> T:
+    """``await call()``, asked again with jittered backoff (0.25 s doubling to 8 s, ~30 s in all) while it
+    fails with a :data:`TRANSIENT` error; the last attempt's error is raised. ``call`` must be idempotent:
+    a request whose answer was lost may have been carried out."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except TRANSIENT as e:
+            if attempt == attempts - 1:
+                raise
+            delay = min(8.0, 0.25 * 2**attempt) * (0.5 + random.random())
+            log.warning("%s failed (%s); again in %.1f s", what, type(e).__name__, delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -177,8 +200,12 @@ def _diff(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
 
 
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec | None = None) -> jsapi.StreamInfo:
-    """Create the events stream, or check that the existing one matches. Idempotent."""
-    spec = spec or StreamSpec()
+    """Create the events stream, or check that the existing one matches. Idempotent, and retried while the
+    server is briefly away (:func:`retrying`): a process starting during a server pause must not die."""
+    return await retrying("setting up the events stream", lambda: _ensure_stream(js, spec or StreamSpec()))
+
+
+async def _ensure_stream(js: JetStreamContext, spec: StreamSpec) -> jsapi.StreamInfo:
     want = spec.config()
     try:
         info = await js.stream_info(subjects.STREAM)
@@ -213,7 +240,12 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec | None = None) ->
 
 
 async def ensure_consumer(js: JetStreamContext, config: jsapi.ConsumerConfig) -> jsapi.ConsumerInfo:
-    """Create a durable consumer, or check that the existing one matches. Idempotent."""
+    """Create a durable consumer, or check that the existing one matches. Idempotent, and retried while
+    the server is briefly away (:func:`retrying`)."""
+    return await retrying(f"setting up consumer {config.durable_name}", lambda: _ensure_consumer(js, config))
+
+
+async def _ensure_consumer(js: JetStreamContext, config: jsapi.ConsumerConfig) -> jsapi.ConsumerInfo:
     assert config.durable_name
     try:
         info = await js.consumer_info(subjects.STREAM, config.durable_name)

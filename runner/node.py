@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 
 from bus import subjects
+from bus.client import retrying
 from bus.events import EventDecodeError, RunnerJoined, check_token, decode
 from harness.feed import Budget
 from runner.config import RunnerConfig
@@ -230,16 +230,7 @@ async def runner_joins(js: JetStreamContext, run: str, before_seq: int | None = 
                        batch: int = 256) -> list[RunnerJoined]:
     """:func:`_runner_joins`, retried: hundreds of runners starting at once make the server answer 503
     (no responders) or time out now and then, which must not kill a runner's start."""
-    for attempt in range(6):
-        try:
-            return await _runner_joins(js, run, before_seq, batch)
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as e:
-            if attempt == 5:
-                raise
-            delay = min(8.0, 0.25 * 2**attempt) * (0.5 + random.random())
-            log.warning("reading the run's runners failed (%s); again in %.1f s", type(e).__name__, delay)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+    return await retrying("reading the run's runners", lambda: _runner_joins(js, run, before_seq, batch))
 
 
 async def _runner_joins(js: JetStreamContext, run: str, before_seq: int | None = None,

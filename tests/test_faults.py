@@ -354,6 +354,25 @@ async def _experiments(nc: NATS, run: str, hids: list[str]) -> dict[str, tuple[s
 # 5. the server paused (SIGSTOP) for longer than ack_wait while runners hold items
 
 
+async def test_setup_requests_wait_out_a_server_pause(nats_server: EmbeddedServer, nc: NATS, js: JetStreamContext) -> None:
+    """A process connected just before the server stops (a runner, an agent, the ledger starting) asks
+    for its stream and consumer while no answer can come; it must wait for the server, not die (a runner
+    died so in CI: ``nats: timeout`` from ``ensure_stream``)."""
+    from bus.client import ensure_consumer, ensure_stream, work_consumer_config
+
+    nats_server.pause()
+    try:
+        setup = asyncio.ensure_future(ensure_stream(js))
+        consumer = asyncio.ensure_future(ensure_consumer(js, work_consumer_config(RUN, "cpu")))
+        await asyncio.sleep(7.0)  # past the 5 s request timeout: one try has failed by now
+        assert not setup.done() and not consumer.done()
+    finally:
+        nats_server.resume()
+    info = await asyncio.wait_for(setup, 60)
+    assert info.config.name == subjects.STREAM
+    assert (await asyncio.wait_for(consumer, 60)).name == subjects.work_consumer(RUN, "cpu")
+
+
 async def test_server_paused_past_ack_wait_keeps_one_result_per_hypothesis(
     tmp_path: Path, nats_server: EmbeddedServer, nc: NATS, js: JetStreamContext
 ) -> None:
@@ -371,6 +390,8 @@ async def test_server_paused_past_ack_wait_keeps_one_result_per_hypothesis(
         nats_server.pause()
         t0 = time.monotonic()
         try:
+            # a runner that starts while the server is away must wait for it, not die on its setup requests
+            runners.append(spawn_runner(tmp_path, nats_server.url, RUN, "p2", *args))
             await asyncio.to_thread(time.sleep, pause_s)  # the fault itself: the server stays stopped
         finally:
             nats_server.resume()
@@ -396,9 +417,10 @@ async def test_server_paused_past_ack_wait_keeps_one_result_per_hypothesis(
         duplicates=sum(d.count("duplicate") for d in per_hyp.values()),
         lates=sum(d.count("late") for d in per_hyp.values()), runner_published_late=sum(e.late for e in finishes),
     )  # fmt: skip
-    assert alive == [True, True], [tail(tmp_path / f"p{i}.log") for i in range(2)]
+    assert alive == [True, True, True], [tail(tmp_path / f"p{i}.log") for i in range(3)]
+    assert any(isinstance(e, RunnerJoined) and e.runner == "p2" for e in evs), tail(tmp_path / "p2.log")
     for h in hids:
         assert per_hyp[h].count("result") == 1, (h, per_hyp[h])
         assert set(per_hyp[h]) <= {"result", "late", "duplicate"}, per_hyp[h]
     after = {e.runner for e in finishes if e.hypothesis_id in hids[4:]}
-    assert after <= {"p0", "p1"} and after
+    assert after <= {"p0", "p1", "p2"} and after
