@@ -110,7 +110,7 @@ DERIVED_TABLES: dict[str, str] = {
 
 # The rows of ``experiment_state`` for the (run, hypothesis_id) keys of the relation ``{keys}``, computed
 # from the data tables (each cut down to those keys first). The reference definition: the projector's
-# incremental path (:func:`ledger.projection._merge_experiments`) must give the same rows. The hardware
+# incremental path (:func:`ledger.state._merge_experiments`) must give the same rows. The hardware
 # class of a claim is that of its first claim row (deterministic, so replay equals live).
 EXPERIMENT_STATE_SQL = """
 WITH k AS (
