@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runner.fleet import scaled_classes  # noqa: E402
-from swarmcli.simulate import DEFAULT_MIX, SimConfig, default_time_scale, run_simulation  # noqa: E402
+from swarmcli.simswarm import DEFAULT_MIX, SimConfig, run_simulation  # noqa: E402
+from swarmcli.simulate import default_time_scale  # noqa: E402
 
 HEADER = (
     "| runners | sim h | time scale | results / runner-h (% of max) | busy / idle queued / idle empty "

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runner.fleet import scaled_classes
-from swarmcli.simulate import DEFAULT_MIX, SimConfig, SimulatedSwarm
+from swarmcli.simswarm import DEFAULT_MIX, SimConfig, SimulatedSwarm
 from tests.fault_helpers import poll
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
