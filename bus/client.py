@@ -358,21 +358,7 @@ def _pub_ack(data: bytes) -> jsapi.PubAck | None:
     return jsapi.PubAck.from_response(resp)
 
 
-_subject_cache: dict[tuple[Any, ...], str] = {}
 _HDR_TAIL = f"\r\n{jsapi.Header.EXPECTED_STREAM.value}: {subjects.STREAM}\r\n\r\n".encode()
-
-
-def _cached_subject(ev: Event) -> str:
-    """:func:`subjects.event_subject`, remembered per (type, run, hardware class): its token checks are
-    a regex each, the largest cost of a bulk publish after encoding."""
-    key = (type(ev), ev.run, getattr(ev, "hw_class", None))
-    got = _subject_cache.get(key)
-    if got is None:
-        got = subjects.event_subject(ev)  # raises ValueError for a bad token: never cached
-        if len(_subject_cache) > 10_000:
-            _subject_cache.clear()
-        _subject_cache[key] = got
-    return got
 
 
 async def _send_chunk(nc: NATS, prefix: str, events: Sequence[Event], start: int, stop: int) -> None:
@@ -388,7 +374,7 @@ async def _send_chunk(nc: NATS, prefix: str, events: Sequence[Event], start: int
     size = 0
     for i in range(start, stop):
         ev = events[i]
-        subject, data, eid = _cached_subject(ev), encode(ev), ev.event_id
+        subject, data, eid = subjects.cached_event_subject(ev), encode(ev), ev.event_id
         if not raw or len(data) > nc.max_payload or "\r" in eid or "\n" in eid:
             await nc.publish(subject, data, reply=f"{prefix}.{i}",
                              headers={"Nats-Msg-Id": eid, jsapi.Header.EXPECTED_STREAM: subjects.STREAM})  # fmt: skip

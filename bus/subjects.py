@@ -50,6 +50,22 @@ def event_subject(event: Event) -> str:
     return f"swarm.{check_token('run', event.run)}.evt.{kind}"
 
 
+_subject_cache: dict[tuple[object, ...], str] = {}
+
+
+def cached_event_subject(event: Event) -> str:
+    """:func:`event_subject`, remembered per (type, run, hardware class): its token checks are a regex
+    each, the largest cost of a bulk publish after encoding, and of projecting a batch after decoding."""
+    key = (type(event), event.run, event.hw_class if isinstance(event, HypothesisProposed) else None)
+    got = _subject_cache.get(key)
+    if got is None:
+        got = event_subject(event)  # raises ValueError for a bad token: never cached
+        if len(_subject_cache) > 10_000:
+            _subject_cache.clear()
+        _subject_cache[key] = got
+    return got
+
+
 def run_all(run: str) -> str:
     """Every subject of one run (in the stream: its work items and its events, in order)."""
     return f"swarm.{check_token('run', run)}.>"

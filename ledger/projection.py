@@ -198,30 +198,12 @@ class Rows:
         self.last_seq = max(self.last_seq, later.last_seq)
 
 
-# Subjects already validated, so a batch does not re-check the run token for every event.
-_subject_cache: dict[tuple[Any, ...], str] = {}
-
-
-def _subject_of(event: ev.AnyEvent) -> str:
-    if isinstance(event, ev.HypothesisProposed):
-        key: tuple[Any, ...] = (ev.HypothesisProposed, event.run, event.hw_class)
-    else:
-        key = (type(event), event.run)
-    got = _subject_cache.get(key)
-    if got is None:
-        got = subjects.event_subject(event)  # raises ValueError for an invalid token: never cached
-        if len(_subject_cache) > 10_000:
-            _subject_cache.clear()
-        _subject_cache[key] = got
-    return got
-
-
 def validate(event: ev.AnyEvent, subject: str) -> str | None:
     """Why an event decoded from ``subject`` is not acceptable, or None. Its subject must be the one
     it belongs on (run and kind, or the work class of a proposal), so a mislabelled message cannot pose
     as another run's record."""
     try:
-        want = _subject_of(event)
+        want = subjects.cached_event_subject(event)
     except ValueError as e:
         return f"invalid {type(event).__name__}: {e}"
     if want != subject:
@@ -266,7 +248,7 @@ def project_columns(
     per_type: dict[type[ev.Event], tuple[_Plan, list[int], list[tuple[Any, ...]]]] = {}
     rej: list[tuple[int, str, str, bytes, float]] = []
     decode = ev.decode
-    subject_of = _subject_of
+    subject_of = subjects.cached_event_subject
     envelope = _ENVELOPE_GET
     last = after_seq
     for i, seq in enumerate(seqs):
