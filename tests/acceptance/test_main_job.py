@@ -22,26 +22,28 @@ def test_swarm_up_as_a_newcomer_runs_it(newcomer: Newcomer) -> None:
     out = res.stdout + res.stderr
     report = newcomer.clone / ".swarm" / "first" / "report.html"
     assert "report: " in out and report.is_file() and report.stat().st_size > 10_000, out[-3000:]
-    con = duckdb.connect(str(newcomer.clone / ".swarm" / "ledger.duckdb"), read_only=True)
-    rows = con.execute("SELECT hypothesis_id, tags, status, val_bpb, reason, log_tail FROM experiments "
-                       "WHERE status IS NOT NULL").fetchall()
-    baselines = [r for r in rows if "baseline" in r[1]]
-    others = [r for r in rows if "baseline" not in r[1] and "repeat" not in r[1]]
-    assert len(baselines) == 3, rows
-    assert all(r[2] == "ok" for r in baselines), [(r[0], r[2], r[4], r[5][-800:]) for r in baselines]
-    vals = [r[3] for r in baselines]
-    assert all(2.0 < v < 8.0 for v in vals), vals
-    assert statistics.stdev(vals) > 0  # three seeds, three values: σ is measured, not assumed
-    assert len(others) >= 3, rows
-    for hid, _, status, val, reason, tail in others:
-        assert status in EXPLAINED or (status == "crash" and "Traceback" in tail), (hid, status, reason, tail[-800:])
-        if status == "ok":
-            assert 2.0 < val < 8.0, (hid, val)
-    [(n_ok,)] = con.execute("SELECT count(*) FROM results WHERE status = 'ok' AND disposition = 'result'").fetchall()
-    assert n_ok >= 4
-    [(budget, unit)] = con.execute("SELECT DISTINCT budget, budget_unit FROM results WHERE status = 'ok'").fetchall()
-    assert (budget, unit) == (8192, "tokens")
-    con.close()
+    # closed whatever an assertion says: the next test's `swarm up` opens this ledger for writing
+    with duckdb.connect(str(newcomer.clone / ".swarm" / "ledger.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT hypothesis_id, tags, status, val_bpb, reason, log_tail FROM experiments "
+                           "WHERE status IS NOT NULL").fetchall()
+        baselines = [r for r in rows if "baseline" in r[1]]
+        # every other experiment (a confirming repeat counts: the agents spend --max-experiments on them when a
+        # result looks better than the baselines' noise, which depends on the values this machine trains to)
+        others = [r for r in rows if "baseline" not in r[1]]
+        assert len(baselines) == 3, rows
+        assert all(r[2] == "ok" for r in baselines), [(r[0], r[2], r[4], r[5][-800:]) for r in baselines]
+        vals = [r[3] for r in baselines]
+        assert all(2.0 < v < 8.0 for v in vals), vals
+        assert statistics.stdev(vals) > 0  # three seeds, three values: σ is measured, not assumed
+        assert len(others) >= 3, rows
+        for hid, _, status, val, reason, tail in others:
+            assert status in EXPLAINED or (status == "crash" and "Traceback" in tail), (hid, status, reason, tail[-800:])
+            if status == "ok":
+                assert 2.0 < val < 8.0, (hid, val)
+        [(n_ok,)] = con.execute("SELECT count(*) FROM results WHERE status = 'ok' AND disposition = 'result'").fetchall()
+        assert n_ok >= 4
+        [(budget, unit)] = con.execute("SELECT DISTINCT budget, budget_unit FROM results WHERE status = 'ok'").fetchall()
+        assert (budget, unit) == (8192, "tokens")
     if os.geteuid() == 0:  # as root the sandbox always works, even with a PATH that lacks the sbin directories
         [cal] = list((newcomer.clone / ".swarm" / "first").glob("runner*/logs/calibration.log"))
         assert "(isolation=namespace)" in cal.read_text() and "isolation unavailable" not in out, out[-2000:]
