@@ -16,6 +16,8 @@ from agents.pricing import Pricing, cost_usd, format_usd, parse_price, price_of
 from agents.spec import AgentSpec, parse_agent_spec
 from tests.agents_support import STANDIN_TRAIN_PY as SRC
 
+TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
+
 
 def test_knobs_parse_and_apply_minimal_line_edit() -> None:
     knobs = parse_knobs(SRC)
@@ -205,3 +207,22 @@ def test_a_knob_change_of_a_runnable_parent_skips_the_full_check() -> None:
     assert not knob_lines_only(SRC, changed.replace("import math", "import os"))  # code
     fast = validate_source(changed, SRC, parent_runs=True)
     assert fast == validate_source(changed, SRC)
+
+
+async def test_optuna_parallel_first_wave_moves_one_or_two_knobs_from_the_parent() -> None:
+    """A wave asked before any result is back (16 runners at the start) is local moves from the parent, as
+    the one-runner start is: TPE with nothing told samples every knob at once, far from anything good."""
+    from agents.proposers.optuna_tpe import OptunaProposer
+    from tests.agents_support import make_context
+
+    base = TRAIN_PY.read_text()
+    p = OptunaProposer(base, seed=0, device="cpu", n_startup_trials=8)
+    names = {s.name for s in p.space}
+    parent = {k: v for k, v in knob_values(base).items() if k in names}
+    batch = await p.propose(make_context(base), 16)
+    assert len(batch.proposals) == 16
+    for d in batch.proposals:
+        assert d.source is not None
+        got = knob_values(d.source)
+        changed = [k for k in parent if got.get(k) != parent[k]]
+        assert 1 <= len(changed) <= 2, (d.description, changed)

@@ -2,7 +2,8 @@
 
 Its startup trials are local: the parent's knob values with one or two of them changed (queued with
 Optuna's ``enqueue_trial``), not TPE's default of every knob at random at once — with twenty knobs, a point
-that changes all of them is almost always far worse and teaches little. When the swarm's shared memory
+that changes all of them is almost always far worse and teaches little. They last until ``n_startup_trials``
+results are *in*, not merely asked: a parallel wave asked at the start (16 runners) is 16 local moves. When the swarm's shared memory
 shows two or more knob values that helped on their own, a wave also queues their combination on the parent
 (once). A wave is one batch of ``ask`` with the constant liar (pending trials count as mediocre), Optuna's
 own batch mechanism."""
@@ -110,7 +111,9 @@ class OptunaProposer:
             self.study.enqueue_trial(combination)
         for _ in range(k):
             for _ in range(MAX_TRIES):
-                done = sum(1 for t in self.study.trials if t.state != TrialState.FAIL)
+                # startup until n_startup results are *in*: TPE asked with nothing back yet (a parallel
+                # wave's first asks) samples every knob at random at once, far from anything good
+                done = sum(1 for t in self.study.trials if t.state == TrialState.COMPLETE)
                 waiting = any(t.state == TrialState.WAITING for t in self.study.trials)
                 if done < self.n_startup and not waiting:
                     self.study.enqueue_trial(self._local(parent))
