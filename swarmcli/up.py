@@ -467,7 +467,8 @@ async def _watch(
     wave_lines: list[Any] | None = None,
 ) -> str:
     """Show progress until the agents are done, a service fails, the duration is up, or Ctrl-C. Returns
-    why the run failed ("" when it did not): every baseline of a hardware class failed."""
+    why the run failed ("" when it did not): every baseline of a hardware class failed, or a service (a runner,
+    the ledger, the dashboard) ended while the agents worked."""
     client = getattr(view, "client", None)
     from rich.console import Console
     from rich.live import Live
@@ -489,9 +490,10 @@ async def _watch(
             if all(t.done() for t in agents):
                 break
             if any(t.done() for t in services):
-                failed = [n for n, t in tasks.items() if t in services and t.done()]
-                console.print(f"[red]stopping: {', '.join(failed)} ended unexpectedly[/red]")
-                break
+                failure = "; ".join(f"{n} ended unexpectedly ({_why_ended(t)})" for n, t in tasks.items()
+                                    if t in services and t.done())  # fmt: skip
+                console.print(f"[red]stopping: {failure}[/red]", soft_wrap=True)
+                return failure
             if cfg.duration is not None and time.monotonic() - t0 > cfg.duration:
                 console.print(f"duration of {cfg.duration:.0f} s reached; stopping")
                 break
@@ -526,6 +528,13 @@ async def _watch(
         if live:
             live.stop()
     return ""
+
+
+def _why_ended(task: asyncio.Task[Any]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    e = task.exception()
+    return f"{type(e).__name__}: {e}" if e is not None else "it returned"
 
 
 async def _baselines_failed(client: Any, run: str) -> str:

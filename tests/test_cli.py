@@ -204,3 +204,33 @@ def test_up_secure_writes_per_role_users_and_runs_under_them(tmp_path: Path) -> 
     assert password not in r.stdout + r.stderr  # never logged
     ((n,),) = query(state / "ledger.duckdb", "SELECT count(status) FROM experiments WHERE run = 'sec'")
     assert n == 3
+
+
+async def test_up_stops_and_says_why_when_a_service_dies(tmp_path: Path) -> None:
+    """A runner (or the ledger) that ends while the agents work stops `swarm up` with its reason, and the run
+    fails (exit non-zero) instead of ending as if the agents were done."""
+    import asyncio
+
+    from swarmcli.up import UpConfig, _watch
+
+    cfg = UpConfig(run="r", state_dir=tmp_path, agents=["optuna"], runners=1, threads=None, gpus=[],
+                   executor="simulated", max_experiments=10, budget=None, baseline_repeats=1, time_scale=1.0,
+                   duration=None, host="127.0.0.1", port=None, live=False, report=tmp_path / "r.html",
+                   calibrate=False)  # fmt: skip
+
+    async def dies() -> None:
+        await asyncio.sleep(0.2)
+        raise RuntimeError("lost the bus")
+
+    agent = asyncio.create_task(asyncio.sleep(60))
+    tasks = {"agent:optuna": agent, "runner0": asyncio.create_task(dies())}
+
+    class View:  # no ledger in this test: _watch shows nothing
+        async def snapshot(self) -> None:
+            return None
+
+    try:
+        why = await asyncio.wait_for(_watch(cfg, asyncio.Event(), tasks, View(), None, 0.0), 30)
+    finally:
+        agent.cancel()
+    assert why == "runner0 ended unexpectedly (RuntimeError: lost the bus)"
