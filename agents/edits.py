@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents.errors import ValidationError
-from bus.trainpy import ast_sha256, contract_problems, parse, parse_knobs, sha256
+from bus.trainpy import ast_sha256, compile_tree, contract_problems, parse, parse_knobs, sha256
 
 TRAIN_PY = "train.py"
 MAX_SOURCE_BYTES = 256 * 1024
@@ -133,7 +133,7 @@ def validate_source(source: str, parent: str, *, max_bytes: int = MAX_SOURCE_BYT
     except SyntaxError as e:
         raise ValidationError(f"train.py does not parse: line {e.lineno}: {e.msg}: {(e.text or '').strip()}") from e
     try:
-        compile(tree, TRAIN_PY, "exec")
+        compile_tree(tree, TRAIN_PY)
     except (SyntaxError, ValueError) as e:
         raise ValidationError(f"train.py does not compile: {e}") from e
     problems = contract_problems(source)

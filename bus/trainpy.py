@@ -182,6 +182,19 @@ def parse(source: str, filename: str = "train.py") -> ast.Module:
         return ast.parse(source, filename=filename)
 
 
+def compile_tree(tree: ast.Module, filename: str = "train.py") -> None:
+    """``compile(tree)`` (turning the Python AST back into CPython's: the same unsafe conversion), one thread
+    at a time with :func:`parse`. Raises SyntaxError/ValueError for what does not compile."""
+    with _PARSE_LOCK:
+        compile(tree, filename, "exec")
+
+
+def literal(text: str) -> object:
+    """``ast.literal_eval`` of a string (it parses: one thread at a time with :func:`parse`)."""
+    with _PARSE_LOCK:
+        return ast.literal_eval(text)
+
+
 def module_level_problems(source: str) -> list[tuple[ast.stmt, str]]:
     """Each top-level statement of ``source`` that does more than define, with what is wrong.
     Raises SyntaxError if it does not parse."""

@@ -10,7 +10,6 @@ own batch mechanism."""
 
 from __future__ import annotations
 
-import ast
 import random
 import warnings
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from optuna.trial import TrialState
 from agents.knobs import KnobSpec, knob_values, search_space
 from agents.proposers.base import AgentContext, ProposalBatch, Result
 from agents.proposers.knob_search import in_space, knob_draft
+from bus.trainpy import literal
 
 MAX_TRIES = 30
 
@@ -85,7 +85,7 @@ class OptunaProposer:
             if spec is None or e.mean_delta is None or e.mean_delta >= 0 or e.n < 1:
                 continue
             try:
-                value = ast.literal_eval(e.value)
+                value = literal(e.value)
             except (ValueError, SyntaxError):
                 continue
             if _fits(spec, value) and value != parent.get(e.knob) and e.mean_delta < best.get(e.knob, (0.0, None))[0]:
