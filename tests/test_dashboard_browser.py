@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import skip_or_fail
-from ledger_fixtures import simulate_run
+from ledger_fixtures import AGENTS, simulate_run
 from nats.js import JetStreamContext
 
 from bus import events as ev
@@ -245,6 +245,10 @@ async def test_a_thousand_points(
             title = await page.locator("#progress .chart-title").first.inner_text()
             assert re.search(r"\d{3} experiments, \d+ failed", title), title
             assert await page.locator("#progress canvas").count() >= 2
+            # head to head: every agent of the run, as `swarm compare` ranks them
+            await page.locator("#compare-body table").wait_for(timeout=WAIT_MS)
+            table = await page.locator("#compare-body table").inner_text()
+            assert all(agent in table for agent, _, _ in AGENTS), table
             await shot(page, tmp_path, "dashboard-1000")
             assert errors == []
     assert n >= 1000
