@@ -134,7 +134,13 @@ class Intake:
 
     async def _collect(self) -> None:
         for cls in sorted((c for c, t in self._fetches.items() if t.done()), key=lambda c: self._rank.get(c, 99)):
-            task = self._fetches.pop(cls)
+            # another _collect (a fetch's own callback, or acquire) may have taken this class's fetch while this
+            # one awaited a nak or a claim below, and acquire may have started a new one since: take only a
+            # finished fetch that is still there (a KeyError here ended runners under load)
+            task = self._fetches.get(cls)
+            if task is None or not task.done():
+                continue
+            del self._fetches[cls]
             try:
                 msg = task.result()
             except Exception as e:  # a failed fetch (reconnecting...) is retried next round

@@ -75,3 +75,31 @@ async def test_an_item_on_its_last_delivery_is_held_not_given_back(
         await a.release(item, "ack")
     await a.drain()
     await a.unsubscribe()
+
+
+async def test_two_collects_at_once_take_each_delivery_once(
+    nc: NATS, js: JetStreamContext, nats_server, tmp_path: Path
+) -> None:
+    """A fetch's callback and acquire() collect at the same time; each awaits (giving an item back) between
+    classes. Both must go on without taking the same fetch twice (a KeyError ended runners under load)."""
+
+    class Delivery:  # what a fetch returns, reduced to what _collect reads; giving it back takes a while
+        def __init__(self) -> None:
+            self.metadata = type("Md", (), {"num_delivered": 1})()
+            self.naks = 0
+
+        async def nak(self) -> None:
+            self.naks += 1
+            await asyncio.sleep(0.05)
+
+    a = await intake(nc, tmp_path, nats_server.url, "a", max_deliver=5)
+    msgs = {"h100": Delivery(), "any": Delivery()}
+
+    async def fetched(cls: str) -> Delivery:
+        return msgs[cls]
+
+    a._fetches = {cls: asyncio.create_task(fetched(cls)) for cls in msgs}
+    await asyncio.sleep(0)  # both fetches done
+    await asyncio.wait_for(asyncio.gather(a._collect(), a._collect()), 5)
+    assert [m.naks for m in msgs.values()] == [1, 1] and a.given_back == 2 and not a._fetches
+    await a.unsubscribe()
