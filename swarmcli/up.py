@@ -398,9 +398,7 @@ async def _wait_for_runners(
     while time.monotonic() < deadline:
         failed = [name for name, t in tasks.items() if t.done()]
         if failed:
-            t = tasks[failed[0]]
-            why = repr(t.exception()) if not t.cancelled() and t.exception() else "it exited"
-            raise click.ClickException(f"{failed[0]} stopped before the swarm started: {why}")
+            raise click.ClickException(f"{failed[0]} stopped before the swarm started: {_why_ended(tasks[failed[0]])}")
         with contextlib.suppress(Exception):
             if (await client.context("_up")).runners_online >= cfg.runners:
                 return

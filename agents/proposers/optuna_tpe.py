@@ -3,9 +3,9 @@
 Its startup trials are local: the parent's knob values with one or two of them changed (queued with
 Optuna's ``enqueue_trial``), not TPE's default of every knob at random at once — with twenty knobs, a point
 that changes all of them is almost always far worse and teaches little. They last until ``n_startup_trials``
-results are *in*, not merely asked: a parallel wave asked at the start (16 runners) is 16 local moves. When the swarm's shared memory
-shows two or more knob values that helped on their own, a wave also queues their combination on the parent
-(once). A wave is one batch of ``ask`` with the constant liar (pending trials count as mediocre), Optuna's
+results are *in*, not merely asked: a parallel wave asked at the start (16 runners) is 16 local moves. When
+the swarm's shared memory shows two or more knob values that helped on their own, a wave also queues their
+combination on the parent (once). A wave is one batch of ``ask`` with the constant liar (pending trials count as mediocre), Optuna's
 own batch mechanism."""
 
 from __future__ import annotations
