@@ -514,7 +514,8 @@ async def _watch(
                     console.print(
                         f"[{time.monotonic() - t0:5.0f} s] finished {seen_finished}/{snap.counts['proposed']}"
                         + (
-                            f"  latest {latest.agent} {latest.status} val_bpb={latest.val_bpb}"
+                            f"  latest {latest.agent} {latest.status}"
+                            + (f" val_bpb={latest.val_bpb:.4f}" if latest.val_bpb is not None else "")
                             if latest
                             else ""
                         )
