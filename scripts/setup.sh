@@ -31,8 +31,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if [ -z "${SWARM_TORCH_SPEC:-}" ] && ! nvidia-smi -L >/dev/null 2>&1 && .venv/bin/python -c \
       'import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=5)' \
       "$cpu_index" 2>/dev/null; then
+    step "installing torch ($spec, the CPU build: no NVIDIA GPU here; the first time takes a minute or two)"
     spec="$spec --extra-index-url $cpu_index"
-    step "installing torch (torch==2.13.0, the CPU build: no NVIDIA GPU here; the first time takes a minute or two)"
   else
     step "installing torch ($spec; the first time takes a minute or two)"
   fi
