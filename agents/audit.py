@@ -32,7 +32,7 @@ from agents.edits import Edit, apply_edits, unified_diff, validate_source
 from agents.errors import ValidationError
 from agents.judge import Judge
 from agents.knobs import apply_knobs
-from agents.paired import planned_seeds
+from agents.paired import planned_seeds, standing
 from agents.proposers.textual import diff_edits
 from agents.tail import RunTail
 from bus import subjects
@@ -127,7 +127,7 @@ class Audits:
 
     def champion(self, cls: str) -> str | None:
         tail = self.host.tail
-        kept = [(v, h) for h in self.kept() if tail.ran_on(h) == cls and (v := tail.ok_val(h)) is not None]
+        kept = [(v, h) for h in self.kept() if tail.ran_on(h) == cls and (v := standing(tail, h)) is not None]
         return min(kept)[1] if kept else None
 
     def due(self) -> list[str]:

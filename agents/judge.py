@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.config import AgentConfig
-from agents.paired import first_seed, is_deterministic, paired_deltas, planned_seeds, pooled_within, seed_runs
+from agents.paired import (
+    first_seed,
+    is_deterministic,
+    paired_deltas,
+    planned_seeds,
+    pooled_within,
+    seed_runs,
+    standing,
+)
 from agents.report import AgentStats
 from agents.tail import RunTail
 from bus.events import BASELINE, PROMOTION_TAG, ContextReply, HypothesisDecided
@@ -122,10 +130,11 @@ class Judge:
         return [c for c in out if c == BASELINE or (c in self.tail.proposals and c not in self.tail.demoted)]
 
     def reference(self, hid: str, cls: str, reply: ContextReply) -> float | None:
-        """σ rule: the lineage best on ``cls`` at the time of deciding, never below the baseline mean."""
+        """σ rule: the lineage best on ``cls`` at the time of deciding (each at the mean it was kept at), never
+        below the baseline mean."""
         vals = []
         for cand in self.lineage(hid):
-            v = self.tail.ok_val(cand) if cand != BASELINE else None
+            v = standing(self.tail, cand) if cand != BASELINE else None
             if v is not None and self.tail.ran_on(cand) == cls:
                 vals.append(v)
         # never compare against less than the unmodified train.py: a kept hypothesis worse than the

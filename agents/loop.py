@@ -33,6 +33,7 @@ from agents.edits import Validated, apply_edits, validate_source
 from agents.errors import AgentError, ValidationError
 from agents.judge import Judge, screen_seed
 from agents.knobs import knob_values
+from agents.paired import standing
 from agents.promotion import Promotions, validate_class
 from agents.proposers.base import (
     AgentContext,
@@ -155,7 +156,7 @@ class Agent:
         candidates: list[tuple[float, str]] = []
         for hid in self.tail.decided:
             p = self.tail.proposals.get(hid)
-            v = self.tail.ok_val(hid)
+            v = standing(self.tail, hid)
             if not self.tail.kept(hid) or p is None or v is None:
                 continue
             if p.agent != self.cfg.agent and (self.cfg.isolated or not self.cfg.follow_global_best):

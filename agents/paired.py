@@ -82,6 +82,20 @@ def is_deterministic(tail: RunTail, hid: str) -> bool:
     return f is not None and f.budget_unit in DETERMINISTIC_UNITS
 
 
+def standing(tail: RunTail, hid: str) -> float | None:
+    """The val_bpb a hypothesis stands at when others are compared with it or it is chosen to build on.
+    Deterministic budget: its screen-seed run, the value every other screen run is paired with. Wall-clock
+    budget: the mean of its ok runs on its class (its own and its confirming repeats, which are independent
+    draws), not its first run alone: of sixteen screen runs the best is the luckiest, and one lucky run as
+    the bar turned away a later change that was truly better (seen on the simulated h100 landscape)."""
+    v = tail.ok_val(hid)
+    if v is None or is_deterministic(tail, hid):
+        return v
+    cls = tail.ran_on(hid)
+    vals = [v, *(x for r in tail.repeats_of(hid) if tail.ran_on(r) == cls and (x := tail.ok_val(r)) is not None)]
+    return statistics.fmean(vals)
+
+
 def paired_deltas(cand: Mapping[int, float], ref: Mapping[int, float]) -> dict[int, float]:
     """Δ_s = candidate − reference on every seed both have."""
     return {s: cand[s] - ref[s] for s in sorted(cand.keys() & ref.keys())}

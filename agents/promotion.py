@@ -23,6 +23,7 @@ from typing import Protocol
 from agents.config import AgentConfig
 from agents.edits import Validated
 from agents.judge import Judge
+from agents.paired import standing
 from agents.proposers.base import ProposalDraft
 from agents.tail import RunTail
 from bus.events import BASELINE_TAG, PROMOTION_TAG, HypothesisProposed
@@ -83,7 +84,7 @@ class Promotions:
         """The best kept value on ``cls`` other than ``but``, else the class's baseline mean."""
         tail = self.host.tail
         vals = [v for h in tail.decided if h != but and tail.kept(h) and tail.ran_on(h) == cls
-                and (v := tail.ok_val(h)) is not None]  # fmt: skip
+                and (v := standing(tail, h)) is not None]  # fmt: skip
         if vals:
             return min(vals)
         s = tail.baseline_stats().get(cls)
@@ -98,7 +99,7 @@ class Promotions:
         p = tail.proposals.get(hid)
         if vc is None or cls == vc or p is None or PROMOTION_TAG in p.tags:
             return
-        best, v = self.best_on(cls, hid), tail.ok_val(hid)
+        best, v = self.best_on(cls, hid), standing(tail, hid)
         if best is None or v is None or not v < best - sigma:
             return
         self.queued.append((hid, vc))

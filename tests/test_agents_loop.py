@@ -240,3 +240,28 @@ async def test_run_agent_spec_entry_point(nc: NATS, js: JetStreamContext) -> Non
     ev = await all_events(js)
     (joined,) = [p for p in ev.proposals.values() if p.agent == "optuna-tpe"][:1]
     assert joined.model == "tpe"
+
+
+async def test_a_kept_result_stands_at_the_mean_it_was_kept_at(nc: NATS, js: JetStreamContext) -> None:
+    """σ rule: a result kept on the mean of two runs is the bar at that mean, not at its first (luckier) run."""
+    await runner_joined(js)  # one runner: waves of one
+    scores = {"baseline": [3.39, 3.40, 3.41], "depth 6": [3.385, 3.375], "depth 7": [3.368, 3.366]}
+
+    def score(p: HypothesisProposed) -> float:
+        key = "baseline" if "baseline" in p.tags else p.description[-7:]
+        return scores[key].pop(0)
+
+    # σ = 0.01, k = 2. depth 6: 3.385 is 1.5σ better than 3.40 -> repeated; mean 3.38 beats it by 2σ > 2σ/√2 -> kept.
+    # depth 7 on it: 3.368, 3.366 (mean 3.367). Against depth 6's first run (3.385) that is 0.018 > 2σ/√2 = 0.0141
+    # and would be kept; against the mean depth 6 was kept at (3.38) it is 0.013 < 0.0141: within the noise.
+    proposer = Scripted([[depth(6)], [depth(7, frm=6)]])
+    async with fake_runner(nc, RUN, score):
+        stats = await run_agent(nc, config(max_waves=4, wave_timeout=10.0, rule=DecisionRule(k=2.0)), proposer,
+                                stop=asyncio.Event())  # fmt: skip
+    ev = await all_events(js)
+    by_desc = {p.description: h for h, p in ev.proposals.items() if "repeat" not in p.tags}
+    d6, d7 = (ev.decided[by_desc[f"depth {d}"]] for d in (6, 7))
+    assert d6.decision == "keep" and d6.val_bpb is not None and abs(d6.val_bpb - 3.38) < 1e-9
+    assert d7.reference_val_bpb is not None and abs(d7.reference_val_bpb - 3.38) < 1e-9, d7.reason
+    assert d7.decision == "discard" and "mean of 2 runs" in d7.reason
+    assert stats.kept == 1 and not scores["depth 7"]
