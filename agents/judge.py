@@ -27,6 +27,7 @@ from agents.config import AgentConfig
 from agents.paired import (
     first_seed,
     is_deterministic,
+    ok_runs,
     paired_deltas,
     planned_seeds,
     pooled_within,
@@ -233,7 +234,7 @@ class Judge:
 
     async def decide_sigma(self, hid: str, cls: str, reply: ContextReply) -> None:
         runs = [hid, *self.tail.repeats_of(hid)]
-        values = [v for v in (self.tail.ok_val(h) for h in runs if self.tail.ran_on(h) == cls) if v is not None]
+        values = ok_runs(self.tail, hid, cls)
         if len(runs) > 1 and self.tail.ok_val(runs[-1]) is None:
             self.record(hid, "discard", "its confirming run failed", self.tail.ok_val(hid))
             return

@@ -91,9 +91,14 @@ def standing(tail: RunTail, hid: str) -> float | None:
     v = tail.ok_val(hid)
     if v is None or is_deterministic(tail, hid):
         return v
-    cls = tail.ran_on(hid)
-    vals = [v, *(x for r in tail.repeats_of(hid) if tail.ran_on(r) == cls and (x := tail.ok_val(r)) is not None)]
-    return statistics.fmean(vals)
+    return statistics.fmean(ok_runs(tail, hid, tail.ran_on(hid)))
+
+
+def ok_runs(tail: RunTail, hid: str, cls: str) -> list[float]:
+    """val_bpb of ``hid``'s ok runs on ``cls``: its own, then its confirming repeats, in the order proposed
+    (what the σ rule decides on, and what a kept result stands at)."""
+    runs = (tail.ok_val(h) for h in [hid, *tail.repeats_of(hid)] if tail.ran_on(h) == cls)
+    return [v for v in runs if v is not None]
 
 
 def paired_deltas(cand: Mapping[int, float], ref: Mapping[int, float]) -> dict[int, float]:
