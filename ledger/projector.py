@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from bus import subjects
-from bus.client import ensure_consumer, ledger_consumer_config
+from bus.client import ensure_consumer, ledger_consumer_config, retrying
 from ledger.errors import ProjectorError
 from ledger.fetch import Batch, PullFeed
 from ledger.gcpause import gc_paused
@@ -109,10 +109,7 @@ class Projector:
         """Read the tracking position and bind the durable consumer, recreating it when it is ahead of
         the database (deleted or restored database file, or a batch fetched but never committed)."""
         self.last_seq = await asyncio.to_thread(last_seq, self.con, self.consumer)
-        try:
-            info = await self.js.consumer_info(subjects.STREAM, self.consumer)
-        except NotFoundError:
-            info = None
+        info = await retrying(f"reading consumer {self.consumer}", self._consumer_info)
         if info is not None:
             delivered = info.delivered.stream_seq if info.delivered else 0
             floor = info.ack_floor.stream_seq if info.ack_floor else 0
@@ -126,6 +123,12 @@ class Projector:
         await ensure_consumer(self.js, ledger_consumer_config(self.consumer))
         await self._bind()
 
+    async def _consumer_info(self) -> Any:
+        try:
+            return await self.js.consumer_info(subjects.STREAM, self.consumer)
+        except NotFoundError:
+            return None
+
     async def _bind(self) -> None:
         self._feed = PullFeed(
             self.js._nc, subjects.STREAM, self.consumer,
@@ -136,12 +139,15 @@ class Projector:
     async def _recreate(self) -> None:
         self.recreated += 1
         await self.close()
+        await retrying(f"deleting consumer {self.consumer}", self._delete_consumer)
+        await ensure_consumer(self.js, ledger_consumer_config(self.consumer))
+        await self._bind()
+
+    async def _delete_consumer(self) -> None:
         try:
             await self.js.delete_consumer(subjects.STREAM, self.consumer)
         except NotFoundError:
             pass
-        await ensure_consumer(self.js, ledger_consumer_config(self.consumer))
-        await self._bind()
 
     async def close(self) -> None:
         if self._feed is not None:

@@ -373,6 +373,38 @@ async def test_setup_requests_wait_out_a_server_pause(nats_server: EmbeddedServe
     assert (await asyncio.wait_for(consumer, 60)).name == subjects.work_consumer(RUN, "cpu")
 
 
+async def test_the_ledger_starting_during_a_server_pause_waits_for_it(
+    tmp_path: Path, nats_server: EmbeddedServer, nc: NATS, js: JetStreamContext
+) -> None:
+    """The projector binds its durable consumer while the server is stopped (the ledger restarted during an
+    overload): it must wait for the server and then project, not exit 1 on ``nats: timeout`` (the ledger
+    died so in CI, in the 256-runner drill, from its start-up ``consumer_info``)."""
+    from bus.client import ensure_stream
+
+    await ensure_stream(js)
+    con = connect_db(tmp_path / "ledger.duckdb")
+    projector = Projector(js, con)
+    nats_server.pause()
+    try:
+        start = asyncio.ensure_future(projector.start())
+        await asyncio.sleep(7.0)  # past the 5 s request timeout: one try has failed by now
+        assert not start.done(), start.exception()
+    finally:
+        nats_server.resume()
+    await asyncio.wait_for(start, 60)
+    hid = (await propose(js, SOURCE)).hypothesis_id
+    stop = asyncio.Event()
+    running = asyncio.ensure_future(projector.run(stop))
+    try:
+        await projector.wait_for_stream(timeout=30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await projector.close()
+    assert con.execute("select count(*) from hypotheses where hypothesis_id = ?", [hid]).fetchone() == (1,)
+    con.close()
+
+
 async def test_server_paused_past_ack_wait_keeps_one_result_per_hypothesis(
     tmp_path: Path, nats_server: EmbeddedServer, nc: NATS, js: JetStreamContext
 ) -> None:
