@@ -195,10 +195,10 @@ def literal(text: str) -> object:
         return ast.literal_eval(text)
 
 
-def module_level_problems(source: str) -> list[tuple[ast.stmt, str]]:
-    """Each top-level statement of ``source`` that does more than define, with what is wrong.
-    Raises SyntaxError if it does not parse."""
-    tree = parse(source)
+def module_level_problems(source: str | ast.Module) -> list[tuple[ast.stmt, str]]:
+    """Each top-level statement of ``source`` (or its parsed tree) that does more than define, with what is
+    wrong. Raises SyntaxError if it does not parse."""
+    tree = parse(source) if isinstance(source, str) else source
     return [(node, why) for node in tree.body if (why := stmt_problem(node)) is not None]
 
 
@@ -207,26 +207,26 @@ def sha256(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()
 
 
-def ast_sha256(source: str) -> str:
-    """sha256 of the normalised AST: comments, blank lines, quotes and layout do not change it."""
-    tree = parse(source)
+def ast_sha256(source: str | ast.Module) -> str:
+    """sha256 of the normalised AST (of ``source``, or of its parsed tree): comments, blank lines, quotes
+    and layout do not change it."""
+    tree = parse(source) if isinstance(source, str) else source
     return hashlib.sha256(
         ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
     ).hexdigest()
 
 
-def contract_problems(source: str) -> list[str]:
-    """Why ``source`` is not a runnable train.py, in words (empty: it is)."""
-    try:
-        problems = module_level_problems(source)
+def contract_problems(source: str | ast.Module) -> list[str]:
+    """Why ``source`` (or its parsed tree) is not a runnable train.py, in words (empty: it is)."""
+    try:  # parsed once (~8 ms for train.py, one thread at a time): a fleet checks each claim
+        tree = parse(source) if isinstance(source, str) else source
     except SyntaxError as e:
         return [f"train.py does not parse: {e.msg} at line {e.lineno}"]
     out = [
         "train.py module level must only define things (imports, constants, defs, classes, the __main__ guard): "
         + why
-        for _, why in problems
+        for _, why in module_level_problems(tree)
     ]
-    tree = parse(source)
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
     if "build_model" not in defined:
         out.append("train.py defines no module-level build_model(config): the evaluation needs it")
