@@ -13,9 +13,10 @@ import difflib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agents.errors import ValidationError
-from bus.trainpy import ast_sha256, compile_tree, contract_problems, parse, parse_knobs, sha256
+from bus.trainpy import ast_sha256, compile_tree, contract_problems, knob_values, parse, parse_knobs, sha256
 
 TRAIN_PY = "train.py"
 MAX_SOURCE_BYTES = 256 * 1024
@@ -83,6 +84,7 @@ class Validated:
     sha256: str
     ast_sha256: str
     diff: str
+    knobs: dict[str, Any] | None = None  # its knob values (bus.trainpy.knob_values), from the same parse
 
 
 @functools.lru_cache(maxsize=64)
@@ -127,7 +129,9 @@ def validate_source(source: str, parent: str, *, max_bytes: int = MAX_SOURCE_BYT
     if "\x00" in source:
         raise ValidationError("train.py contains a NUL byte")
     if parent_runs and knob_lines_only(parent, source):
-        return Validated(source, sha256(source), ast_sha256(source), unified_diff(parent, source))
+        tree = parse(source, filename=TRAIN_PY)  # parses: its parent's lines did, and only knob lines changed
+        return Validated(source, sha256(source), ast_sha256(tree), unified_diff(parent, source),
+                         knob_values(source, tree))  # fmt: skip
     try:
         tree = parse(source, filename=TRAIN_PY)
     except SyntaxError as e:
@@ -139,7 +143,7 @@ def validate_source(source: str, parent: str, *, max_bytes: int = MAX_SOURCE_BYT
     problems = contract_problems(tree)
     if problems:
         raise ValidationError("; ".join(problems[:3]))
-    return Validated(source, sha256(source), ast_sha256(tree), unified_diff(parent, source))
+    return Validated(source, sha256(source), ast_sha256(tree), unified_diff(parent, source), knob_values(source, tree))
 
 
 class SeenSet:

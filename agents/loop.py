@@ -243,11 +243,7 @@ class Agent:
 
     def proposed_event(self, hid: str, draft: ProposalDraft, v: Validated, parent: str, tags: list[str],
                        hw_class: str, tier: str, seed: int | None = None) -> HypothesisProposed:  # fmt: skip
-        knobs = draft.knobs
-        try:
-            knobs = knob_values(v.source)
-        except ValidationError:
-            pass
+        knobs = v.knobs if v.knobs is not None else knob_values(v.source)
         return HypothesisProposed(
             run=self.cfg.run,
             source=self.cfg.agent,

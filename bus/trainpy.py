@@ -272,11 +272,11 @@ class Knob:
     source_text: str  # the value as written, e.g. "2**19"
 
 
-def parse_knobs(source: str) -> dict[str, Knob]:
+def parse_knobs(source: str, tree: ast.Module | None = None) -> dict[str, Knob]:
     """Every module-level ``UPPER_CASE = <literal>`` (or ``UPPER_CASE: T = <literal>``) on a single line, in
     file order. A knob is edited by rewriting only its value's characters on that line. Raises SyntaxError
-    if the source does not parse."""
-    tree = parse(source)
+    if the source does not parse. ``tree``: ``source`` already parsed (it is not parsed again)."""
+    tree = parse(source) if tree is None else tree
     lines = source.splitlines()
     knobs: dict[str, Knob] = {}
     for node in tree.body:
@@ -304,11 +304,11 @@ def parse_knobs(source: str) -> dict[str, Knob]:
     return knobs
 
 
-def knob_values(source: str) -> dict[str, Any]:
+def knob_values(source: str, tree: ast.Module | None = None) -> dict[str, Any]:
     """``{name: value}`` of train.py's knobs (tuples as lists, so the dict survives msgpack/JSON); empty if
-    the source does not parse."""
+    the source does not parse. ``tree``: ``source`` already parsed."""
     try:
-        knobs = parse_knobs(source)
+        knobs = parse_knobs(source, tree)
     except SyntaxError:
         return {}
     return {k: list(v.value) if isinstance(v.value, tuple) else v.value for k, v in knobs.items()}
