@@ -18,6 +18,7 @@ from nats.js import api as jsapi
 
 from agents.edits import SeenSet
 from bus import subjects
+from bus.client import retrying
 from bus.events import (
     BASELINE_TAG,
     REPEAT_TAG,
@@ -73,12 +74,19 @@ class RunTail:
         self._sub: object | None = None
 
     async def start(self) -> None:
-        """Subscribe from the first event of the run; ``caught_up`` is set once the backlog is read."""
-        info = await self.js.stream_info(subjects.STREAM, subjects_filter=subjects.run_all(self.run))
+        """Subscribe from the first event of the run; ``caught_up`` is set once the backlog is read. Waits
+        out a server pause (bus.client.retrying): an agent started while the server is away must not die."""
+        info = await retrying(
+            "reading the run's size",
+            lambda: self.js.stream_info(subjects.STREAM, subjects_filter=subjects.run_all(self.run)),
+        )
         self._expected = sum((info.state.subjects or {}).values())
         if self._expected == 0:
             self.caught_up.set()
-        self._sub = await self.js.subscribe(
+        self._sub = await retrying("subscribing to the run", self._subscribe)
+
+    async def _subscribe(self) -> object:
+        return await self.js.subscribe(
             subjects.run_all(self.run),
             cb=self._on_msg,
             ordered_consumer=True,

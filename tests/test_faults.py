@@ -405,6 +405,31 @@ async def test_the_ledger_starting_during_a_server_pause_waits_for_it(
     con.close()
 
 
+async def test_an_agent_starting_during_a_server_pause_waits_for_it(js: JetStreamContext, nats_server: EmbeddedServer) -> None:
+    """An agent reads its run's backlog as it starts (agents.tail.RunTail.start: the stream's size, then an
+    ordered consumer): started while the server is stopped, it must wait for the server and then read what
+    was there, not die on ``nats: timeout``."""
+    from agents.tail import RunTail
+    from bus.client import ensure_stream
+
+    await ensure_stream(js)
+    hid = (await propose(js, SOURCE)).hypothesis_id
+    tail = RunTail(js, RUN)
+    nats_server.pause()
+    try:
+        start = asyncio.ensure_future(tail.start())
+        await asyncio.sleep(7.0)  # past the 5 s request timeout: one try has failed by now
+        assert not start.done(), start.exception()
+    finally:
+        nats_server.resume()
+    await asyncio.wait_for(start, 60)
+    try:
+        await asyncio.wait_for(tail.caught_up.wait(), 30)
+        assert hid in tail.proposals
+    finally:
+        await tail.stop()
+
+
 async def test_server_paused_past_ack_wait_keeps_one_result_per_hypothesis(
     tmp_path: Path, nats_server: EmbeddedServer, nc: NATS, js: JetStreamContext
 ) -> None:
