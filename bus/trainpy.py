@@ -207,13 +207,16 @@ def sha256(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()
 
 
+def ast_dump(node: ast.AST) -> str:
+    """The normalised dump :func:`ast_sha256` hashes: no field names, no positions."""
+    return ast.dump(node, annotate_fields=False, include_attributes=False)
+
+
 def ast_sha256(source: str | ast.Module) -> str:
     """sha256 of the normalised AST (of ``source``, or of its parsed tree): comments, blank lines, quotes
     and layout do not change it."""
     tree = parse(source) if isinstance(source, str) else source
-    return hashlib.sha256(
-        ast.dump(tree, annotate_fields=False, include_attributes=False).encode()
-    ).hexdigest()
+    return hashlib.sha256(ast_dump(tree).encode()).hexdigest()
 
 
 def contract_problems(source: str | ast.Module) -> list[str]:

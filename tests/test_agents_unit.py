@@ -87,6 +87,51 @@ def test_validate_rejects_non_compiling_and_side_effects_and_size() -> None:
         validate_source(parent.replace("DEPTH = 4", "DEPTH = 5"), parent)
 
 
+def _full_identity(source: str) -> tuple[str, dict]:
+    return ast_sha256(source), knob_values(source)
+
+
+def test_a_knob_edit_is_identified_as_a_full_parse_would() -> None:
+    """A knob-only change of a runnable parent is not parsed whole (the parent's statement dumps, with the
+    changed lines' own put in place): its ast_sha256 and knob values must be exactly those of a full parse,
+    for any knob edit, and for layouts where a line is not what it looks like."""
+    real = (Path(__file__).resolve().parent.parent / "train.py").read_text()
+    rng = random.Random(7)
+    knobs = list(parse_knobs(real).values())
+    values = [0, 1, -1, 7, 3.5, 1e-4, 0.0, True, False, (1, 2), "'x'", "2**18", "3 * 64", "-0.5", "1_000"]
+    for _ in range(60):
+        lines = real.splitlines(keepends=True)
+        for k in rng.sample(knobs, rng.randint(1, 4)):
+            line = lines[k.lineno - 1]
+            v = rng.choice(values)
+            text = v if isinstance(v, str) else repr(v)
+            new = line[: k.col_offset] + text + line[k.end_col_offset :]
+            if rng.random() < 0.3:  # spacing and comments change the text, not the identity
+                new = new.replace(" = ", "=", 1).rstrip("\n") + "  # tuned\n"
+            lines[k.lineno - 1] = new
+        source = "".join(lines)
+        v = validate_source(source, real, parent_runs=True)
+        assert (v.ast_sha256, v.knobs) == _full_identity(source)
+    hostile = [
+        # a name set twice: the value is the last line's, whichever line changes
+        ("A = 1\nA = 2\ndef build_model(c): ...\n", "A = 5\nA = 2\ndef build_model(c): ...\n"),
+        ("A = 1\nA = 2\ndef build_model(c): ...\n", "A = 1\nA = 6\ndef build_model(c): ...\n"),
+        # two statements on the knob's line, kept or dropped
+        ("A = 1; import os\ndef build_model(c): ...\n", "A = 2; import os\ndef build_model(c): ...\n"),
+        ("A = 1; import os\ndef build_model(c): ...\n", "A = 2\ndef build_model(c): ...\n"),
+        ("A = 1; B = 3\ndef build_model(c): ...\n", "A = 2; B = 3\ndef build_model(c): ...\n"),
+        # a knob-looking line inside a string, and an annotated knob
+        ('D = """\nA = 1\n"""\nA: int = 1\ndef build_model(c): ...\n',
+         'D = """\nA = 1\n"""\nA: int = 9\ndef build_model(c): ...\n'),
+        # line breaks that str.splitlines sees and Python does not
+        ("A = 1  # \u2028x\nB = 2\ndef build_model(c): ...\n", "A = 1  # \u2028x\nB = 3\ndef build_model(c): ...\n"),
+        ("A = 1  # \x0cx\nB = 2\ndef build_model(c): ...\n", "A = 1  # \x0cx\nB = 7\ndef build_model(c): ...\n"),
+    ]  # fmt: skip
+    for parent, source in hostile:
+        v = validate_source(source, parent, parent_runs=True)
+        assert (v.ast_sha256, v.knobs) == _full_identity(source), (parent, source)
+
+
 def test_dedup_exact_and_normalised_ast() -> None:
     seen = SeenSet()
     v = validate_source(SRC.replace("DEPTH = 4", "DEPTH = 5"), SRC)
