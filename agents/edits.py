@@ -98,93 +98,88 @@ class Validated:
     knobs: dict[str, Any] | None = None  # its knob values (bus.trainpy.knob_values), from the same parse
 
 
-@functools.lru_cache(maxsize=64)
-def _knob_lines(source: str) -> dict[int, str]:
-    """0-based line number -> knob name, of a train.py's knob lines."""
-    return {k.lineno - 1: k.name for k in parse_knobs(source).values()}
-
-
 #: where str.splitlines breaks a line and Python's tokenizer does not: line numbers would disagree
 _ODD_BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
-def knob_lines_only(parent: str, source: str) -> bool:
-    """Whether ``source`` differs from ``parent`` only in knob lines that stay knob lines of the same name
-    (``NAME = <literal>``): then it is exactly as runnable as its parent."""
-    a, b = parent.splitlines(), source.splitlines()
-    if len(a) != len(b) or parent.endswith("\n") != source.endswith("\n"):
-        return False
-    if _ODD_BREAKS.search(parent) or _ODD_BREAKS.search(source):
-        return False
-    try:
-        knobs = _knob_lines(parent)
-    except SyntaxError:
-        return False
-    for i, (x, y) in enumerate(zip(a, b, strict=True)):
-        if x == y:
-            continue
-        if i not in knobs:
-            return False
-        try:
-            if list(parse_knobs(y)) != [knobs[i]]:  # one line on its own: cheap
-                return False
-        except SyntaxError:
-            return False
-    return True
-
-
 @dataclass(frozen=True)
 class _Shape:
-    """A parent's top-level statements as :func:`bus.trainpy.ast_sha256` dumps them, the lines that hold
-    only whole one-line statements (line -> their indexes), and its knob values."""
+    """What a knob-only change of a parent needs of it: each line that holds one knob statement and nothing
+    else (0-based line -> (knob name, its index among the top-level statements)), the statements as
+    :func:`bus.trainpy.ast_sha256` dumps them (None where the dump is not their plain join), its knob values."""
 
-    head: str
-    dumps: tuple[str, ...]
-    tail: str
-    one_line: dict[int, tuple[int, ...]]
+    knob_lines: dict[int, tuple[str, int]]
+    dumps: tuple[str, ...] | None
     values: dict[str, Any]
 
 
+_HEAD, _TAIL = "Module([", "], [])"
+
+
 @functools.lru_cache(maxsize=16)
-def _shape(parent: str) -> _Shape | None:
+def _shape(parent: str) -> _Shape:
+    """Raises SyntaxError if ``parent`` does not parse."""
     tree = parse(parent)
-    dumps = tuple(ast_dump(n) for n in tree.body)
-    whole = ast_dump(tree)
-    head, tail = "Module([", "], [])"
-    if whole != head + ", ".join(dumps) + tail:  # not the layout this relies on: no shortcut
-        return None
     touching: dict[int, list[int]] = {}
-    multi: set[int] = set()
-    for i, n in enumerate(tree.body):
-        end = n.end_lineno or n.lineno
-        for line in range(n.lineno - 1, end):
+    for i, node in enumerate(tree.body):
+        for line in range(node.lineno - 1, node.end_lineno or node.lineno):
             touching.setdefault(line, []).append(i)
-            if end != n.lineno:
-                multi.add(line)
-    one_line = {line: tuple(ix) for line, ix in touching.items() if line not in multi}
-    return _Shape(head, dumps, tail, one_line, knob_values(parent, tree))
+    knobs = parse_knobs(parent, tree)
+    knob_lines = {k.lineno - 1: (k.name, touching[k.lineno - 1][0]) for k in knobs.values()
+                  if len(touching[k.lineno - 1]) == 1}  # fmt: skip
+    dumps: tuple[str, ...] | None = tuple(ast_dump(n) for n in tree.body)
+    if ast_dump(tree) != _HEAD + ", ".join(dumps or ()) + _TAIL:  # not the layout the splice relies on
+        dumps = None
+    return _Shape(knob_lines, dumps, knob_values(parent, tree))
 
 
-def _knob_edit_identity(parent: str, source: str) -> tuple[str, dict[str, Any]] | None:
-    """(ast_sha256, knob values) of ``source``, a knob-lines-only change of ``parent`` (:func:`knob_lines_only`),
-    without parsing it whole: the parent's statement dumps with those of each changed line, which parses on its
-    own, put in their place. Exactly what a full parse gives (tests/test_agents_unit.py compares them); None
-    where a changed line shares a statement with another line (then parse it whole)."""
-    shape = _shape(parent)
-    if shape is None:
+def _changed_knob_lines(parent: str, source: str) -> list[tuple[int, str, Any]] | None:
+    """(statement index, the new line, its own tree) of each line ``source`` changes, if it changes only lines
+    that hold one knob statement alone and still do, with the same name (``NAME = <literal>``); else None."""
+    a, b = parent.splitlines(), source.splitlines()
+    if len(a) != len(b) or parent.endswith("\n") != source.endswith("\n"):
         return None
-    dumps, values = list(shape.dumps), dict(shape.values)
-    for i, (x, y) in enumerate(zip(parent.splitlines(), source.splitlines(), strict=True)):
+    if _ODD_BREAKS.search(parent) or _ODD_BREAKS.search(source):
+        return None
+    try:
+        knob_lines = _shape(parent).knob_lines
+    except SyntaxError:
+        return None
+    out = []
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
         if x == y:
             continue
-        where = shape.one_line.get(i)
-        body = parse(y).body
-        if where is None or len(body) != len(where):
+        if i not in knob_lines:
             return None
-        for j, node in zip(where, body, strict=True):
-            dumps[j] = ast_dump(node)
-        values.update(knob_values(y))  # the one knob of the line, and the line its value comes from
-    whole = shape.head + ", ".join(dumps) + shape.tail
+        name, index = knob_lines[i]
+        try:
+            tree = parse(y)  # one line on its own: cheap
+        except SyntaxError:
+            return None
+        if len(tree.body) != 1 or list(parse_knobs(y, tree)) != [name]:  # the knob alone, nothing beside it
+            return None
+        out.append((index, y, tree))
+    return out
+
+
+def knob_lines_only(parent: str, source: str) -> bool:
+    """Whether ``source`` differs from ``parent`` only in lines that hold one knob alone and still do, with
+    the same name (``NAME = <literal>``): then it is exactly as runnable as its parent."""
+    return _changed_knob_lines(parent, source) is not None
+
+
+def _knob_edit_identity(parent: str, changed: list[tuple[int, str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """(ast_sha256, knob values) of a knob-only change of ``parent`` (:func:`_changed_knob_lines`), without
+    parsing it whole: the parent's statement dumps with each changed line's own put in its place. Exactly
+    what a full parse gives (tests/test_agents_unit.py compares them)."""
+    shape = _shape(parent)
+    if shape.dumps is None:
+        return None
+    dumps, values = list(shape.dumps), dict(shape.values)
+    for index, line, tree in changed:
+        dumps[index] = ast_dump(tree.body[0])
+        values.update(knob_values(line, tree))
+    whole = _HEAD + ", ".join(dumps) + _TAIL
     return hashlib.sha256(whole.encode()).hexdigest(), values
 
 
@@ -200,8 +195,9 @@ def validate_source(source: str, parent: str, *, max_bytes: int = MAX_SOURCE_BYT
         raise ValidationError(f"train.py would be {size} bytes; the limit is {max_bytes}")
     if "\x00" in source:
         raise ValidationError("train.py contains a NUL byte")
-    if parent_runs and knob_lines_only(parent, source):
-        fast = _knob_edit_identity(parent, source)
+    changed = _changed_knob_lines(parent, source) if parent_runs else None
+    if changed is not None:
+        fast = _knob_edit_identity(parent, changed)
         if fast is None:
             tree = parse(source, filename=TRAIN_PY)  # parses: its parent's lines did, and only knob lines changed
             fast = ast_sha256(tree), knob_values(source, tree)

@@ -252,6 +252,15 @@ def test_a_knob_change_of_a_runnable_parent_skips_the_full_check() -> None:
     assert not knob_lines_only(SRC, changed.replace("import math", "import os"))  # code
     fast = validate_source(changed, SRC, parent_runs=True)
     assert fast == validate_source(changed, SRC)
+    # a knob line that gains a statement is code, not a knob change: the whole check runs, and refuses a call
+    for extra in ("; print(1)", "; open('/etc/passwd')"):
+        with pytest.raises(ValidationError, match="module level"):
+            validate_source(changed.replace("DEPTH = 5", "DEPTH = 5" + extra), SRC, parent_runs=True)
+    assert not knob_lines_only(SRC, changed.replace("DEPTH = 5", "DEPTH = 5; import os"))
+    # a knob sharing its line with a statement that goes on: dropping the rest breaks the file
+    parent = SRC + "\nA = 1; B = (\n    2)\n"
+    with pytest.raises(ValidationError, match="does not parse"):
+        validate_source(parent.replace("A = 1; B = (", "A = 2"), parent, parent_runs=True)
 
 
 async def test_optuna_parallel_first_wave_moves_one_or_two_knobs_from_the_parent() -> None:
