@@ -126,6 +126,8 @@ def test_a_knob_edit_is_identified_as_a_full_parse_would() -> None:
         # line breaks that str.splitlines sees and Python does not
         ("A = 1  # \u2028x\nB = 2\ndef build_model(c): ...\n", "A = 1  # \u2028x\nB = 3\ndef build_model(c): ...\n"),
         ("A = 1  # \x0cx\nB = 2\ndef build_model(c): ...\n", "A = 1  # \x0cx\nB = 7\ndef build_model(c): ...\n"),
+        # ... where a "knob line" by str.splitlines is the end of a comment to Python: B stays 2
+        ("A = 1  # \u2028\nB = 2\ndef build_model(c): ...\n", "A = 1  # \u2028B = 9\nB = 2\ndef build_model(c): ...\n"),
     ]  # fmt: skip
     for parent, source in hostile:
         v = validate_source(source, parent, parent_runs=True)
