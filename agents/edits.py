@@ -26,7 +26,7 @@ from bus.trainpy import (
     knob_values,
     parse,
     parse_knobs,
-    sha256,  # fmt: skip
+    sha256,
 )
 
 TRAIN_PY = "train.py"
