@@ -240,7 +240,9 @@ def outcome(tmp_path_factory: pytest.TempPathFactory, prepared_cache: Path) -> d
             for name, (src, _) in CASES.items():
                 ids[name] = (await propose(js, src, description=name)).hypothesis_id
             ids["after"] = (await propose(js, BASELINE, description="after")).hypothesis_id
-            cfg = real_config(tmp, server.url, prepared_cache, eval_seconds=40.0, startup_seconds=30.0,
+            # 60 s to ask for data: the case that walks the whole filesystem took over 30 s in the sandbox on a
+            # loaded 2-core machine (killed before it could report what it saw); the fork bomb waits it out
+            cfg = real_config(tmp, server.url, prepared_cache, eval_seconds=40.0, startup_seconds=60.0,
                               memory_limit_mb=6144)
             await asyncio.wait_for(Runner(nc, cfg).run(asyncio.Event()), 1800)
             evs = await all_events(js)
