@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import nats.errors
@@ -373,6 +374,19 @@ async def test_setup_requests_wait_out_a_server_pause(nats_server: EmbeddedServe
     assert (await asyncio.wait_for(consumer, 60)).name == subjects.work_consumer(RUN, "cpu")
 
 
+async def started_through_a_pause(nats_server: EmbeddedServer, starting: Awaitable[object]) -> None:
+    """Run ``starting`` (a process's start-up) while the server is stopped for 7 s, past the 5 s request
+    timeout: it must still be waiting when the server resumes, and then finish."""
+    nats_server.pause()
+    try:
+        start = asyncio.ensure_future(starting)
+        await asyncio.sleep(7.0)  # one try has failed by now
+        assert not start.done(), start.exception()
+    finally:
+        nats_server.resume()
+    await asyncio.wait_for(start, 60)
+
+
 async def test_the_ledger_starting_during_a_server_pause_waits_for_it(
     tmp_path: Path, nats_server: EmbeddedServer, nc: NATS, js: JetStreamContext
 ) -> None:
@@ -382,16 +396,9 @@ async def test_the_ledger_starting_during_a_server_pause_waits_for_it(
     from bus.client import ensure_stream
 
     await ensure_stream(js)
-    con = connect_db(tmp_path / "ledger.duckdb")
+    con = connect_db(str(tmp_path / "ledger.duckdb"))
     projector = Projector(js, con)
-    nats_server.pause()
-    try:
-        start = asyncio.ensure_future(projector.start())
-        await asyncio.sleep(7.0)  # past the 5 s request timeout: one try has failed by now
-        assert not start.done(), start.exception()
-    finally:
-        nats_server.resume()
-    await asyncio.wait_for(start, 60)
+    await started_through_a_pause(nats_server, projector.start())
     hid = (await propose(js, SOURCE)).hypothesis_id
     stop = asyncio.Event()
     running = asyncio.ensure_future(projector.run(stop))
@@ -415,14 +422,7 @@ async def test_an_agent_starting_during_a_server_pause_waits_for_it(js: JetStrea
     await ensure_stream(js)
     hid = (await propose(js, SOURCE)).hypothesis_id
     tail = RunTail(js, RUN)
-    nats_server.pause()
-    try:
-        start = asyncio.ensure_future(tail.start())
-        await asyncio.sleep(7.0)  # past the 5 s request timeout: one try has failed by now
-        assert not start.done(), start.exception()
-    finally:
-        nats_server.resume()
-    await asyncio.wait_for(start, 60)
+    await started_through_a_pause(nats_server, tail.start())
     try:
         await asyncio.wait_for(tail.caught_up.wait(), 30)
         assert hid in tail.proposals
