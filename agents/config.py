@@ -50,6 +50,10 @@ class AgentConfig:
     # class's best and its ablations (one per kept step) and demote the steps whose gain does not survive.
     # None: never
     audit_every: int | None = 4
+    # a result kept on one run, from a wave of at least this many, is run once more (σ rule): of many
+    # screen runs the best is the luckiest draw, and the bar the next waves must clear should be a mean.
+    # None: never
+    remeasure_from: int | None = 4
     grid_max: int = 32  # the most experiments one proposed grid may expand to
     baselines: bool = True
     baseline_repeats: int = 3

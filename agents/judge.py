@@ -36,6 +36,7 @@ from agents.paired import (
 )
 from agents.report import AgentStats
 from agents.tail import RunTail
+from agents.waves import WAVE_TAG
 from bus.events import BASELINE, PROMOTION_TAG, ContextReply, HypothesisDecided
 
 
@@ -46,6 +47,15 @@ class Confirm:
     original: str
     seed: int
     hw_class: str
+    remeasure: bool = False  # of a result already kept: its standing becomes the mean, nothing is re-decided
+
+
+def wave_width(tail: RunTail, hid: str) -> int:
+    """How many hypotheses were published in the wave ``hid`` belongs to (1 when it had no wave tag)."""
+    tags = [t for t in tail.proposals[hid].tags if t.startswith(WAVE_TAG)]
+    if not tags:
+        return 1
+    return sum(1 for p in tail.proposals.values() if tags[0] in p.tags)
 
 
 class Judge:
@@ -251,6 +261,13 @@ class Judge:
             verdict, why = "discard", why + " (no seed left to confirm on)"
         mean = sum(values) / len(values) if values else None
         self.record(hid, verdict, why, mean, ref, sigma)
+        if verdict == "keep" and len(values) == 1 and self.cfg.remeasure_from is not None \
+                and wave_width(self.tail, hid) >= self.cfg.remeasure_from:  # fmt: skip
+            # the best of a wide wave is also its luckiest draw: one more run, so the bar the next waves
+            # must clear is a mean, not that draw
+            nxt = self.confirm_seed(hid, cls, None)
+            if nxt is not None:
+                self.to_repeat.append(Confirm(hid, nxt, cls, remeasure=True))
         if verdict == "keep" and self.on_kept is not None and ref is not None and mean is not None:
             self.on_kept(hid, ref - mean, sigma)
 
@@ -279,6 +296,8 @@ class Judge:
         """End of the run: ambiguous improvements whose confirming repeat the budget no longer allows are
         not kept."""
         for c in self.to_repeat:
+            if c.remeasure:  # kept already; the re-measure only refines its standing
+                continue
             self.record(c.original, "discard",
                         "better but within the noise; no budget left for a confirming repeat",
                         self.tail.ok_val(c.original))  # fmt: skip

@@ -163,6 +163,36 @@ async def test_keep_below_sigma_is_not_taken_and_repeat_confirms(nc: NATS, js: J
     assert ev.proposals[by_desc["depth 7"]].parent == by_desc["depth 6"]
 
 
+async def test_the_lucky_best_of_a_wide_wave_is_measured_again(nc: NATS, js: JetStreamContext) -> None:
+    """Of a wave of four, the best is kept on one run — and that run was lucky. Without a second run of it the
+    next wave is measured against the lucky draw, and a change that truly beats it is turned away."""
+    for r in range(7):
+        await runner_joined(js, runner=f"r{r}")  # three run the baselines: a first wave of four
+    scores = {"baseline": [3.39, 3.40, 3.41], "depth 5": [3.45], "depth 6": [3.30, 3.35], "depth 7": [3.45],
+              "depth 8": [3.45], "depth 9": [3.30]}  # fmt: skip
+
+    def score(p: HypothesisProposed) -> float:
+        key = "baseline" if "baseline" in p.tags else p.description[-7:]
+        return scores[key].pop(0)
+
+    # σ = 0.01, k = 2. depth 6: 3.30 is 10σ better than the baselines -> kept on one run, then run again
+    # (3.35): it stands at their mean, 3.325. depth 9, built on it: 3.30 beats 3.325 by 2.5σ -> kept
+    # (against the lucky 3.30 alone it would not be better at all)
+    proposer = Scripted([[depth(5), depth(6), depth(7), depth(8)], [depth(9, frm=6)]])
+    async with fake_runner(nc, RUN, score):
+        stats = await run_agent(nc, config(max_waves=3, rule=DecisionRule(k=2.0)), proposer, stop=asyncio.Event())
+    ev = await all_events(js)
+    by_desc = {p.description: h for h, p in ev.proposals.items() if "repeat" not in p.tags}
+    d6, d9 = ev.decided[by_desc["depth 6"]], ev.decided[by_desc["depth 9"]]
+    assert d6.decision == "keep" and d6.val_bpb == 3.30
+    again = [p for p in ev.proposals.values() if "repeat" in p.tags]
+    assert [p.parent for p in again] == [by_desc["depth 6"]] and not scores["depth 6"]
+    assert ev.decided[again[0].hypothesis_id].decision == "discard"  # a re-run is recorded, never kept itself
+    assert d9.decision == "keep", d9.reason
+    assert d9.reference_val_bpb is not None and abs(d9.reference_val_bpb - 3.325) < 1e-9
+    assert ev.proposals[by_desc["depth 9"]].parent == by_desc["depth 6"] and stats.kept == 2
+
+
 async def test_llm_agent_bad_output_crashes_and_program_change(nc: NATS, js: JetStreamContext) -> None:
     await publish(js, ProgramChanged(run=RUN, source="human", program_md="PROGRAM-V2: only touch learning rates"))
     for r in ("r1", "r2", "r3"):
