@@ -76,6 +76,7 @@ class Judge:
         self.queue_baselines = queue_baselines
         self.to_repeat: list[Confirm] = []  # re-runs to publish next wave
         self.confirming: dict[str, str] = {}  # repeat id -> original id
+        self.remeasuring: set[str] = set()  # the repeats among them that re-measure a keep
         self.reference_of: dict[str, str] = {}  # own hypothesis -> the reference it was paired with
         self.on_kept: Callable[[str, float, float], None] | None = None  # (id, margin won by, σ): promotion
 
@@ -186,6 +187,13 @@ class Judge:
         """Decide a finished hypothesis of this agent (a repeat decides its original)."""
         if hid in self.confirming:
             orig = self.confirming.pop(hid)
+            if hid in self.remeasuring:  # of a keep: decided already; its standing is now the mean
+                self.remeasuring.discard(hid)
+                runs = ok_runs(self.tail, orig, self.tail.ran_on(orig))
+                now = f": it stands at the mean of {len(runs)} runs, {statistics.fmean(runs):.4f}" if runs else ""
+                self.record(hid, "discard", f"re-measure of {orig}, kept on one run of a wide wave{now}",
+                            self.tail.ok_val(hid))  # fmt: skip
+                return
             self.record(hid, "discard", f"confirmation run of {orig} (decided there)", self.tail.ok_val(hid))
             if orig not in self.tail.decided:
                 await self.decide(orig, reply)

@@ -279,12 +279,15 @@ class Agent:
             p = self.tail.proposals[c.original]
             hid = str(uuid.uuid4())
             v = Validated(p.train_py, p.train_py_sha256, p.ast_sha256, "")
-            draft = ProposalDraft(description=f"repeat of {c.original[:8]} on seed {c.seed}: {p.description}"[:500],
-                                  rationale="confirm")  # fmt: skip
+            what = "re-measure" if c.remeasure else "repeat"
+            draft = ProposalDraft(description=f"{what} of {c.original[:8]} on seed {c.seed}: {p.description}"[:500],
+                                  rationale="re-measure a keep" if c.remeasure else "confirm")  # fmt: skip
             # on the class it ran on: a paired difference only means something on one class
             ev = self.proposed_event(hid, draft, v, c.original, [REPEAT_TAG], c.hw_class or p.hw_class, "validate",
                                      seed=c.seed)  # fmt: skip
             self.judge.confirming[hid] = c.original
+            if c.remeasure:
+                self.judge.remeasuring.add(hid)
             self.publish_hypothesis(ev)
             n += 1
         return n

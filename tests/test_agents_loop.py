@@ -188,6 +188,8 @@ async def test_the_lucky_best_of_a_wide_wave_is_measured_again(nc: NATS, js: Jet
     again = [p for p in ev.proposals.values() if "repeat" in p.tags]
     assert [p.parent for p in again] == [by_desc["depth 6"]] and not scores["depth 6"]
     assert ev.decided[again[0].hypothesis_id].decision == "discard"  # a re-run is recorded, never kept itself
+    assert again[0].description.startswith(f"re-measure of {by_desc['depth 6'][:8]}")  # not a confirmation
+    assert ev.decided[again[0].hypothesis_id].reason.endswith("it stands at the mean of 2 runs, 3.3250")
     assert d9.decision == "keep", d9.reason
     assert d9.reference_val_bpb is not None and abs(d9.reference_val_bpb - 3.325) < 1e-9
     assert ev.proposals[by_desc["depth 9"]].parent == by_desc["depth 6"] and stats.kept == 2
