@@ -508,7 +508,14 @@ class Agent:
         """Have the judge decide every own hypothesis that finished; summarise the wave for knob agents."""
         reply: ContextReply | None = None
         wave_results: list[Result] = []
-        for hid in [h for h in list(self.outstanding) if h in self.tail.finished]:
+        # best first: what a wave keeps is its best clear win, whatever order the proposer listed it in or the
+        # runners finished it in (a weaker sibling kept first raised the bar, and the better one waited a wave
+        # for its confirming run while the next wave was built on the weaker)
+        def best_first(hid: str) -> tuple[bool, float]:
+            v = self.tail.ok_val(hid)
+            return v is None, v if v is not None else 0.0
+
+        for hid in sorted((h for h in self.outstanding if h in self.tail.finished), key=best_first):
             self.outstanding.pop(hid)
             if self.audits.owns(hid):
                 await self.audits.finished(hid)

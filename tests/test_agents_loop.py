@@ -195,6 +195,32 @@ async def test_the_lucky_best_of_a_wide_wave_is_measured_again(nc: NATS, js: Jet
     assert ev.proposals[by_desc["depth 9"]].parent == by_desc["depth 6"] and stats.kept == 2
 
 
+async def test_a_wave_keeps_its_best_clear_win_whatever_the_order(nc: NATS, js: JetStreamContext) -> None:
+    """Two results of one wave both beat the baseline clearly; the second listed is better than the first by
+    less than the noise. Decided in the order listed, the weaker was kept and raised the bar: the better one
+    then waited for a confirming run, and the next wave was built on the weaker. Decided best first, the
+    better one is kept on its run and the next wave builds on it."""
+    for r in range(5):
+        await runner_joined(js, runner=f"r{r}")  # three run the baselines: a first wave of two
+    scores = {"baseline": [3.39, 3.40, 3.41], "depth 5": [3.35], "depth 6": [3.34, 3.34], "depth 9": [3.20]}
+
+    def score(p: HypothesisProposed) -> float:
+        key = "baseline" if "baseline" in p.tags else p.description[-7:]
+        return scores[key].pop(0)
+
+    # σ = 0.01, k = 2: both beat 3.40 by more than 0.02; depth 6 beats depth 5 by only 0.01
+    proposer = Scripted([[depth(5), depth(6)], [depth(9, frm=6)]])
+    async with fake_runner(nc, RUN, score):
+        stats = await run_agent(nc, config(max_waves=2, rule=DecisionRule(k=2.0)), proposer, stop=asyncio.Event())
+    ev = await all_events(js)
+    by_desc = {p.description: h for h, p in ev.proposals.items() if "repeat" not in p.tags}
+    d5, d6 = ev.decided[by_desc["depth 5"]], ev.decided[by_desc["depth 6"]]
+    assert d6.decision == "keep" and d6.val_bpb == 3.34 and d6.reference_val_bpb == 3.40, d6.reason
+    assert d5.decision == "discard" and "not better than 3.34" in d5.reason, d5.reason
+    assert not [p for p in ev.proposals.values() if "repeat" in p.tags]  # no wave spent confirming
+    assert ev.proposals[by_desc["depth 9"]].parent == by_desc["depth 6"] and stats.rejected == 0
+
+
 async def test_llm_agent_bad_output_crashes_and_program_change(nc: NATS, js: JetStreamContext) -> None:
     await publish(js, ProgramChanged(run=RUN, source="human", program_md="PROGRAM-V2: only touch learning rates"))
     for r in ("r1", "r2", "r3"):
