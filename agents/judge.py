@@ -75,8 +75,7 @@ class Judge:
         self.buffer = buffer
         self.queue_baselines = queue_baselines
         self.to_repeat: list[Confirm] = []  # re-runs to publish next wave
-        self.confirming: dict[str, str] = {}  # repeat id -> original id
-        self.remeasuring: set[str] = set()  # the repeats among them that re-measure a keep
+        self.confirming: dict[str, Confirm] = {}  # repeat id -> the re-run it is
         self.reference_of: dict[str, str] = {}  # own hypothesis -> the reference it was paired with
         self.on_kept: Callable[[str, float, float], None] | None = None  # (id, margin won by, σ): promotion
 
@@ -186,9 +185,9 @@ class Judge:
     async def judge(self, hid: str, reply: ContextReply) -> None:
         """Decide a finished hypothesis of this agent (a repeat decides its original)."""
         if hid in self.confirming:
-            orig = self.confirming.pop(hid)
-            if hid in self.remeasuring:  # of a keep: decided already; its standing is now the mean
-                self.remeasuring.discard(hid)
+            c = self.confirming.pop(hid)
+            orig = c.original
+            if c.remeasure:  # of a keep: decided already; its standing is now the mean
                 runs = ok_runs(self.tail, orig, self.tail.ran_on(orig))
                 now = f": it stands at the mean of {len(runs)} runs, {statistics.fmean(runs):.4f}" if runs else ""
                 self.record(hid, "discard", f"re-measure of {orig}, kept on one run of a wide wave{now}",

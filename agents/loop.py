@@ -285,9 +285,7 @@ class Agent:
             # on the class it ran on: a paired difference only means something on one class
             ev = self.proposed_event(hid, draft, v, c.original, [REPEAT_TAG], c.hw_class or p.hw_class, "validate",
                                      seed=c.seed)  # fmt: skip
-            self.judge.confirming[hid] = c.original
-            if c.remeasure:
-                self.judge.remeasuring.add(hid)
+            self.judge.confirming[hid] = c
             self.publish_hypothesis(ev)
             n += 1
         return n
